@@ -1,0 +1,1 @@
+"""ar1_jax.action."""

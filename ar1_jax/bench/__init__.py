@@ -1,0 +1,1 @@
+"""Benchmarks behind `ar1 bench`: each writes JSON; none are tests."""

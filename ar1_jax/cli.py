@@ -1,0 +1,591 @@
+"""`ar1 <command>`: the one command line of ar1_jax.
+
+Commands: data, train, rl, eval, infer, bench, convert, demo, configs. Heavy modules (jax, the model,
+the converters, the benches) are imported inside the handlers, so `ar1 --help` is fast and a command
+works while the parts other commands need are still missing.
+
+Exit codes: 0 success; 1 the command ran and failed; 2 bad usage, config or input (the message names
+it); 3 the command is not yet available in this version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_AVAILABLE = 3
+
+# Where each missing piece arrives; one place so that messages stay consistent.
+ARRIVES_WITH = {
+    "data": "issue 4: synthetic data generator and TFDS pipeline",
+    "train": "issue 6: SFT training loop",
+    "rl": "a later issue: RL with GRPO",
+    "eval": "a later issue: evaluation metrics and closed-loop simulator",
+    "infer": "a later issue: compiled inference engine",
+    "kernels_bench": "issue 5: Pallas kernels",
+    "compile_bench": "the compile-time benchmark, ar1_jax.bench.compile_time",
+    "vlm": "the VLM backbone, ar1_jax.model.vlm",
+    "convert": "the HF converter, ar1_jax.convert.hf",
+}
+
+# `ar1 bench all` runs the compile-time bench with these unless told otherwise.
+BENCH_ALL_CONFIG = "vlm_0p5b"
+BENCH_ALL_LAYERS = "2,24"
+
+
+class CLIError(Exception):
+    """Ends the command with `error: <message>` on stderr and the given exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+class NotAvailable(Exception):
+    """Ends the command with `ar1 <cmd>: not yet available (arrives with ...)` and exit code 3."""
+
+    def __init__(self, command: str, arrives_with: str):
+        super().__init__(f"ar1 {command}: not yet available (arrives with {arrives_with})")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _load_config(name: str, overrides: Sequence[str] | None):
+    from ar1_jax.config import ConfigError, get_config
+
+    try:
+        return get_config(name, list(overrides or ()))
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+
+
+def _import_optional(module: str, command: str, arrives_with: str):
+    """Imports `module`; if it (or its package) does not exist yet, raises NotAvailable.
+
+    An ImportError raised from inside an existing module is a real bug and propagates."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        parts = module.split(".")
+        missing_is_ours = e.name in {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+        if missing_is_ours:
+            raise NotAvailable(command, arrives_with) from None
+        raise
+
+
+def _config_docs() -> dict[str, str]:
+    """First paragraph of each named config module's docstring, as one line (read, not imported)."""
+    from ar1_jax.config import available_configs
+    import ar1_jax.configs as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    docs = {}
+    for name in available_configs():
+        try:
+            doc = ast.get_docstring(ast.parse((root / f"{name}.py").read_text())) or ""
+        except (OSError, SyntaxError) as e:
+            doc = f"(unreadable: {e})"
+        docs[name] = " ".join(doc.split("\n\n")[0].split())
+    return docs
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    try:
+        layers = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise CLIError(f"--layers: expected comma-separated positive ints like 2,24, got {text!r}") from None
+    if not layers or any(n <= 0 for n in layers):
+        raise CLIError(f"--layers: expected comma-separated positive ints like 2,24, got {text!r}")
+    return layers
+
+
+def _count_params(model: Any) -> tuple[int, dict[str, int], list[str]]:
+    """(total, per top-level submodule, dtypes) of a model's parameters (nnx module or pytree)."""
+    import jax
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        state = nnx.state(model, nnx.Param)
+    elif hasattr(model, "params"):  # a runner holding its parameters (ar1_jax.model.vlm.VLMRunner)
+        state = model.params
+    else:  # a plain pytree of arrays
+        state = model
+    total, groups, dtypes = 0, {}, set()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        size = int(getattr(leaf, "size", 0))
+        if not size:
+            continue
+        total += size
+        head = path[0] if path else None
+        key = str(getattr(head, "key", getattr(head, "name", getattr(head, "idx", head))))
+        groups[key] = groups.get(key, 0) + size
+        if hasattr(leaf, "dtype"):
+            dtypes.add(str(leaf.dtype))
+    return total, groups, sorted(dtypes)
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Commands.
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from ar1_jax.config import to_dict
+
+    if args.show:
+        cfg = _load_config(args.show, args.overrides)
+        print(json.dumps(to_dict(cfg), indent=2))
+        return EXIT_OK
+    if args.overrides:
+        raise CLIError("--set needs --show NAME (it changes the config being shown)")
+    docs = _config_docs()
+    width = max(map(len, docs), default=0)
+    for name, doc in docs.items():
+        print(f"{name:<{width}}  {doc}")
+    return EXIT_OK
+
+
+def _not_yet(command: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        if getattr(args, "config", None) is not None:  # a bad config still fails as one
+            _load_config(args.config, args.overrides)
+        raise NotAvailable(command, ARRIVES_WITH[command])
+
+    return handler
+
+
+def cmd_convert_check(args: argparse.Namespace) -> int:
+    hf_dir = _existing_dir(args.hf_dir, "--hf-dir")
+    model, seconds = _hf_load(hf_dir, args.dtype, "convert check")
+    total, groups, dtypes = _count_params(model)
+    print(f"checkpoint:  {hf_dir}")
+    print(f"family:      {_family(model, hf_dir)}")
+    print(f"parameters:  {total:,} ({_human(total)})")
+    print(f"dtypes:      {', '.join(dtypes) or '?'}")
+    print(f"load time:   {seconds:.1f} s")
+    cfg = _model_cfg(model)
+    text, vision = getattr(cfg, "text", None), getattr(cfg, "vision", None)
+    if text is not None:
+        print(f"decoder:     {text.num_layers} layers, hidden {text.hidden_size}, {text.num_heads} heads "
+              f"({text.num_kv_heads} kv), head_dim {text.head_dim}, vocab {text.vocab_size}")
+    if vision is not None:
+        print(f"vision:      {vision.depth} blocks, hidden {vision.hidden_size}, patch {vision.patch_size}, "
+              f"out {vision.out_hidden_size}")
+    if groups:
+        print("parameters by top-level module:")
+        gw = max(map(len, groups))
+        for key, n in groups.items():
+            print(f"  {key:<{gw}}  {n:>15,}  ({_human(n)})")
+    return EXIT_OK
+
+
+def cmd_convert_export(args: argparse.Namespace) -> int:
+    hf_dir = _existing_dir(args.hf_dir, "--hf-dir")
+    out = pathlib.Path(args.out)
+    model, seconds = _hf_load(hf_dir, args.dtype, "convert export")
+    print(f"loaded {hf_dir} in {seconds:.1f} s")
+    hf = _import_optional("ar1_jax.convert.hf", "convert export", ARRIVES_WITH["convert"])
+    t0 = time.perf_counter()
+    try:
+        hf.export(model, str(out))
+    except (OSError, ValueError) as e:
+        where = "" if str(out) in str(e) else f"{out}: "
+        raise CLIError(f"cannot export: {where}{e}", EXIT_FAILED) from None
+    print(f"exported to {out} in {time.perf_counter() - t0:.1f} s:")
+    for p in sorted(out.iterdir()) if out.is_dir() else ():
+        print(f"  {p.name}  ({p.stat().st_size:,} bytes)")
+    return EXIT_OK
+
+
+def _existing_dir(path: str, flag: str) -> pathlib.Path:
+    p = pathlib.Path(path)
+    if not p.is_dir():
+        raise CLIError(f"{flag} {p}: no such directory")
+    return p
+
+
+def _hf_load(hf_dir: pathlib.Path, dtype: str, command: str):
+    hf = _import_optional("ar1_jax.convert.hf", command, ARRIVES_WITH["convert"])
+    import jax.numpy as jnp
+
+    t0 = time.perf_counter()
+    try:
+        model = hf.load(str(hf_dir), dtype=getattr(jnp, dtype), mesh=None)
+    except (OSError, ValueError) as e:
+        where = "" if str(hf_dir) in str(e) else f"{hf_dir}: "
+        raise CLIError(f"cannot load checkpoint: {where}{e}") from None
+    return model, time.perf_counter() - t0
+
+
+def _model_cfg(model: Any) -> Any:
+    """The model's VLMConfig if it carries one (as `cfg` or `config`, or a root Config's `.model`)."""
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    return getattr(cfg, "model", cfg)
+
+
+def _family(model: Any, hf_dir: pathlib.Path) -> str:
+    family = getattr(_model_cfg(model), "family", None)
+    if family:
+        return str(family)
+    try:
+        return str(json.loads((hf_dir / "config.json").read_text()).get("model_type", "?"))
+    except (OSError, ValueError):
+        return "?"
+
+
+def cmd_bench_compile(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config, args.overrides)
+    layers = _parse_layers(args.layers)
+    compile_time = _import_optional("ar1_jax.bench.compile_time", "bench compile", ARRIVES_WITH["compile_bench"])
+    return _run_compile_bench(compile_time, cfg, layers, pathlib.Path(args.out))
+
+
+def _run_compile_bench(compile_time, cfg, layers, out: pathlib.Path) -> int:
+    print(f"compile time: config {cfg.name}, layers {','.join(map(str, layers))} -> {out}")
+    result = compile_time.run(cfg, layers, out)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    out = pathlib.Path(args.out)
+    cfg = _load_config(args.config, args.overrides)
+    layers = _parse_layers(args.layers)
+    ran = 0
+    print("[1/2] compile time")
+    try:
+        compile_time = _import_optional("ar1_jax.bench.compile_time", "bench compile",
+                                        ARRIVES_WITH["compile_bench"])
+    except NotAvailable:
+        print(f"      compile time: not yet available (arrives with {ARRIVES_WITH['compile_bench']})")
+    else:
+        _run_compile_bench(compile_time, cfg, layers, out / "compile")
+        ran += 1
+    print("[2/2] kernels")
+    print(f"      kernels: not yet available (arrives with {ARRIVES_WITH['kernels_bench']})")
+    if not ran:
+        print("ar1 bench all: no benchmark is available yet", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+    print(f"done: {ran} benchmark(s), results under {out}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = pathlib.Path(args.out)
+    stages = 6
+    metrics: dict[str, Any] = {"stages": {}}
+
+    print(f"[1/{stages}] VLM backbone: build the model and run one forward on random text + one image")
+    cfg = _load_config(args.config, args.overrides)
+    seed = cfg.seed if args.seed is None else args.seed
+    print(f"      config {cfg.name} ({cfg.model.family}): decoder {cfg.model.text.num_layers} layers x "
+          f"{cfg.model.text.hidden_size}, vision {cfg.model.vision.depth} blocks x {cfg.model.vision.hidden_size}")
+    try:
+        backbone = _demo_backbone(cfg, seed)
+    except NotAvailable as e:
+        print(f"      {e}")
+        metrics["stages"]["backbone"] = "not yet available"
+        backbone = None
+    else:
+        metrics.update(backbone)
+        metrics["stages"]["backbone"] = "ok"
+
+    later = [
+        ("data", "synthetic data", ARRIVES_WITH["data"]),
+        ("sft", "SFT", ARRIVES_WITH["train"]),
+        ("rl", "RL", ARRIVES_WITH["rl"]),
+        ("eval", "eval", ARRIVES_WITH["eval"]),
+        ("bench", "kernels benchmark", ARRIVES_WITH["kernels_bench"]),
+    ]
+    for i, (key, title, arrives) in enumerate(later, start=2):
+        print(f"[{i}/{stages}] {title}: not yet available (arrives with {arrives})")
+        metrics["stages"][key] = "not yet available"
+
+    path = out / "demo_metrics.json"
+    _write_json(path, metrics)
+    print(f"wrote {path}")
+    if backbone is None:
+        return EXIT_NOT_AVAILABLE
+    return EXIT_OK
+
+
+def _demo_backbone(cfg, seed: int) -> dict[str, Any]:
+    """Builds the backbone, runs one forward on random inputs and returns the metrics to record."""
+    vlm = _import_optional("ar1_jax.model.vlm", "demo", ARRIVES_WITH["vlm"])
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    m = cfg.model
+    mesh = None
+    if jax.device_count() > 1:  # e.g. XLA_FLAGS=--xla_force_host_platform_device_count=8
+        from ar1_jax.parallel.mesh import make_mesh
+
+        try:
+            mesh = make_mesh(cfg.mesh)
+        except ValueError as e:
+            raise CLIError(f"config field `mesh`: {e}") from None
+        print(f"      mesh {dict(mesh.shape)} over {jax.device_count()} devices, rules {cfg.mesh.rules!r}")
+    t0 = time.perf_counter()
+    if mesh is None:
+        model = vlm.build_model(m, seed)
+    else:
+        model = vlm.build_model(m, seed, mesh=mesh, rules=cfg.mesh.rules)
+    build_s = time.perf_counter() - t0
+    total, _, _ = _count_params(model)
+    print(f"      built in {build_s:.2f} s: {total:,} parameters ({_human(total)})")
+
+    # One image of 2 x 2 merged tokens: grid [1, 2*merge, 2*merge] patches (56 x 56 pixels at patch 14).
+    merge = m.vision.spatial_merge_size
+    grid = (1, 2 * merge, 2 * merge)
+    side = grid[1] * m.vision.patch_size
+    num_patches = grid[0] * grid[1] * grid[2]
+    num_image_tokens = num_patches // merge**2
+    rng = np.random.default_rng(seed)
+    text_high = min(400, m.text.vocab_size)
+    before = rng.integers(0, text_high, size=6)
+    after = rng.integers(0, text_high, size=10)
+    ids = np.concatenate([before, [m.vision_start_token_id], [m.image_token_id] * num_image_tokens,
+                          [m.vision_end_token_id], after])
+    input_ids = jnp.asarray(ids[None, :], dtype=jnp.int32)
+    pixel_values = jnp.asarray(rng.standard_normal((num_patches, m.vision.patch_dim)), dtype=jnp.float32)
+    image_grid_thw = np.asarray([grid], dtype=np.int32)
+    print(f"      inputs: {input_ids.shape[1]} tokens, one {side}x{side} image -> grid {list(grid)} -> "
+          f"{num_image_tokens} image tokens, pixel_values {tuple(pixel_values.shape)}")
+
+    def forward():
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(model(input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw))
+        return out, time.perf_counter() - t0
+
+    logits, first_s = forward()  # includes tracing and compilation
+    logits, forward_s = forward()
+    expected = (1, input_ids.shape[1], m.text.vocab_size)
+    if tuple(logits.shape) != expected:
+        raise CLIError(f"demo: logits shape {tuple(logits.shape)}, expected {expected}", EXIT_FAILED)
+    finite = bool(jnp.all(jnp.isfinite(logits)))
+    if not finite:
+        raise CLIError("demo: the forward produced non-finite logits", EXIT_FAILED)
+    print(f"      logits {tuple(logits.shape)} {logits.dtype}: first call {first_s:.2f} s (includes compile), "
+          f"second call {forward_s * 1e3:.1f} ms")
+    return {
+        "config": cfg.name,
+        "family": m.family,
+        "seed": seed,
+        "num_params": total,
+        "input_ids_shape": list(input_ids.shape),
+        "pixel_values_shape": list(pixel_values.shape),
+        "image_grid_thw": [list(grid)],
+        "logits_shape": list(logits.shape),
+        "logits_dtype": str(logits.dtype),
+        "logits_finite": finite,
+        "build_seconds": round(build_s, 4),
+        "first_forward_seconds": round(first_s, 4),
+        "forward_seconds": round(forward_s, 4),
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "mesh": dict(mesh.shape) if mesh is not None else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parser.
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--config", default=default, metavar="NAME_OR_PATH",
+                   help="a named config (see `ar1 configs`) or a .py file defining get_config()"
+                        + (f" (default: {default})" if default else ""))
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                   help="override one config field by its dotted path, e.g. model.text.num_layers=4 "
+                        "(repeatable)")
+
+
+def _sub(subparsers, name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=summary, description=f"{summary}\n\n{description}".strip(),
+                                 epilog=epilog or None, formatter_class=_Formatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ar1_jax import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ar1",
+        formatter_class=_Formatter,
+        description="Alpamayo-R1 (a reasoning vision-language-action model for driving) in JAX/Flax.",
+        epilog="Run `ar1 <command> --help` for a command's options.\n"
+               "Exit codes: 0 ok, 1 failed, 2 bad usage/config/input, 3 not yet available.",
+    )
+    parser.add_argument("--version", action="version", version=f"ar1_jax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
+
+    p = _sub(sub, "data", "Generate synthetic driving scenes and build TFDS datasets.",
+             "Renders long-tail scenarios (camera frames, ego history, future trajectory, a\n"
+             "Chain-of-Causation trace) into a TFDS directory that the training pipeline reads.\n"
+             f"Not yet available: arrives with {ARRIVES_WITH['data']}.")
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="dataset directory to write")
+    p.set_defaults(func=_not_yet("data"))
+
+    p = _sub(sub, "train", "Supervised fine-tuning (SFT) of the VLA.",
+             "Cross-entropy on reasoning and discrete trajectory tokens plus the flow-matching loss\n"
+             "on the action expert, over a sharded mesh, with orbax checkpoints.\n"
+             f"Not yet available: arrives with {ARRIVES_WITH['train']}.")
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run directory (checkpoints, metrics)")
+    p.set_defaults(func=_not_yet("train"))
+
+    p = _sub(sub, "rl", "Reinforcement learning (GRPO) after SFT.",
+             "Samples groups of reasoning traces and trajectories, scores them (reasoning quality,\n"
+             "reasoning-action consistency, trajectory quality) and applies GRPO updates.\n"
+             f"Not yet available: arrives with {ARRIVES_WITH['rl']}.")
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run directory")
+    p.set_defaults(func=_not_yet("rl"))
+
+    p = _sub(sub, "eval", "Evaluate a checkpoint open loop (minADE) and closed loop.",
+             "Open-loop trajectory metrics, reasoning metrics and a closed-loop kinematic simulator,\n"
+             "with plots.\n"
+             f"Not yet available: arrives with {ARRIVES_WITH['eval']}.")
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="where to write metrics and plots")
+    p.set_defaults(func=_not_yet("eval"))
+
+    p = _sub(sub, "infer", "Run the model on a scene: reasoning text and a trajectory.",
+             "Compiled prefill, reasoning decode and flow-matching denoise, then unicycle\n"
+             "integration of the controls into a 6.4 s trajectory.\n"
+             f"Not yet available: arrives with {ARRIVES_WITH['infer']}.")
+    _add_config_args(p)
+    p.set_defaults(func=_not_yet("infer"))
+
+    # bench
+    p = _sub(sub, "bench", "Benchmarks: compile time, (later) kernels and latency.",
+             "`ar1 bench compile` measures jit compile time of the backbone at several depths\n"
+             "(with scanned layers it should not grow with depth); `ar1 bench all` runs every\n"
+             "benchmark available in this version. Record results in docs/benchmarks.md.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="<bench>", title="benchmarks")
+    bp = _sub(bsub, "compile", "Measure compile time of the backbone at several depths.",
+              "Builds the config with each `--layers` value as the decoder depth and times\n"
+              "lowering + compiling the forward; writes the results under --out.",
+              epilog="example: ar1 bench compile --config vlm_0p5b --layers 2,24 --out out/bench/compile")
+    _add_config_args(bp, default="tiny")
+    bp.add_argument("--layers", default=BENCH_ALL_LAYERS, metavar="N,M,...",
+                    help=f"decoder depths to compile (default: {BENCH_ALL_LAYERS})")
+    bp.add_argument("--out", required=True, metavar="DIR", help="directory for the results")
+    bp.set_defaults(func=cmd_bench_compile)
+    bp = _sub(bsub, "all", "Run every benchmark available in this version.",
+              f"Compile time (config {BENCH_ALL_CONFIG!r} and layers {BENCH_ALL_LAYERS} unless told otherwise)\n"
+              "into DIR/compile; the kernels benchmark arrives with issue 5. Exits 3 if no\n"
+              "benchmark is available yet.")
+    _add_config_args(bp, default=BENCH_ALL_CONFIG)
+    bp.add_argument("--layers", default=BENCH_ALL_LAYERS, metavar="N,M,...",
+                    help=f"decoder depths for the compile-time bench (default: {BENCH_ALL_LAYERS})")
+    bp.add_argument("--out", required=True, metavar="DIR", help="directory for the results")
+    bp.set_defaults(func=cmd_bench_all)
+    p.set_defaults(func=_print_help(p))
+
+    # convert
+    p = _sub(sub, "convert", "Load Hugging Face checkpoints (Qwen2.5-VL, Qwen3-VL) and write them back.",
+             "Reads a transformers checkpoint directory (config.json + *.safetensors) into the JAX\n"
+             "model with ar1_jax.convert.hf.load, and writes a model back in the same layout with\n"
+             "ar1_jax.convert.hf.export.")
+    csub = p.add_subparsers(dest="convert_command", metavar="<action>", title="actions")
+    cp = _sub(csub, "check", "Load a checkpoint and print its family, parameter count and a summary.",
+              "Loads every tensor into the JAX model (so it also checks that the checkpoint is\n"
+              "complete and its shapes match the config).",
+              epilog="example: ar1 convert check --hf-dir ~/models/Qwen2.5-VL-3B-Instruct")
+    cp.add_argument("--hf-dir", required=True, metavar="DIR", help="HF checkpoint directory")
+    cp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="parameter dtype to load as (default: float32)")
+    cp.set_defaults(func=cmd_convert_check)
+    cp = _sub(csub, "export", "Load a checkpoint and export it to a new HF-layout directory.",
+              "Loads --hf-dir into the JAX model, then writes it with ar1_jax.convert.hf.export to\n"
+              "--out (config.json + safetensors that transformers can load).",
+              epilog="example: ar1 convert export --hf-dir ckpt/ --out out/exported")
+    cp.add_argument("--hf-dir", required=True, metavar="DIR", help="HF checkpoint directory")
+    cp.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    cp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="parameter dtype to load as (default: float32)")
+    cp.set_defaults(func=cmd_convert_export)
+    p.set_defaults(func=_print_help(p))
+
+    # demo
+    p = _sub(sub, "demo", "The tiny end-to-end pipeline on CPU, in seconds.",
+             "Loads the `tiny` config, builds the VLM backbone, runs one forward on random text and\n"
+             "one random 56x56 image, and writes DIR/demo_metrics.json. The later stages (synthetic\n"
+             "data, SFT, RL, eval, kernels benchmark) report whether they are available yet.",
+             epilog="example: ar1 demo --out out/demo")
+    _add_config_args(p, default="tiny")
+    p.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (default: out/demo)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
+    p.set_defaults(func=cmd_demo)
+
+    # configs
+    p = _sub(sub, "configs", "List the named configs, or print one as JSON.",
+             "Without options: one line per config in configs/. With --show NAME: the full config\n"
+             "(after any --set overrides) as JSON.",
+             epilog="example: ar1 configs --show tiny --set model.text.num_layers=4")
+    p.add_argument("--show", metavar="NAME_OR_PATH", help="print this config as JSON")
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                   help="override a field of the shown config (repeatable)")
+    p.set_defaults(func=cmd_configs)
+
+    parser.set_defaults(func=_print_help(parser))
+    return parser
+
+
+def _print_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NotAvailable as e:
+        print(e, file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

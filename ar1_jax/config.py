@@ -1,0 +1,365 @@
+"""Frozen dataclass configs for every knob, named configs, and dotted overrides.
+
+A config is a tree of frozen dataclasses rooted at `Config`. Named configs live in `configs/<name>.py`
+(importable as `ar1_jax.configs.<name>`) and expose `get_config() -> Config`. Command lines change
+fields with dotted overrides: `--set model.text.num_layers=4`; a bad path or value fails with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config field is unknown, mistyped or inconsistent; the message names the field."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The ViT that turns HF-processor patches into image tokens for the decoder.
+
+    Qwen2.5-VL: RMSNorm + SwiGLU blocks, 2D rotary, window attention except in
+    `fullatt_block_indexes`. Qwen3-VL: LayerNorm + GELU(tanh) blocks, learned position table
+    (`num_position_embeddings`, bilinearly resampled per image), DeepStack mergers after the blocks in
+    `deepstack_visual_indexes` whose outputs are added into the first decoder layers.
+    """
+
+    family: str = "qwen2_5_vl"
+    depth: int = 2
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_heads: int = 2
+    out_hidden_size: int = 64
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    in_channels: int = 3
+    hidden_act: str = "silu"
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    # Qwen2.5-VL only.
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = ()
+    tokens_per_second: int = 2
+    # Qwen3-VL only.
+    num_position_embeddings: int = 0
+    deepstack_visual_indexes: tuple[int, ...] = ()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened `pixel_values` row: C * temporal_patch * patch * patch."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    def validate(self, where: str = "vision") -> None:
+        _check_positive(self, where, ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size",
+                                      "patch_size", "temporal_patch_size", "spatial_merge_size", "in_channels"))
+        _check(self.family in FAMILIES, f"{where}.family", f"one of {FAMILIES}", self.family)
+        _check(self.hidden_size % self.num_heads == 0, f"{where}.hidden_size",
+               f"divisible by num_heads={self.num_heads}", self.hidden_size)
+        _check(self.head_dim % 4 == 0, f"{where}.hidden_size",
+               "hidden_size / num_heads divisible by 4 (2D rotary)", self.hidden_size)
+        _check(self.hidden_act in ("silu", "gelu_pytorch_tanh", "gelu"), f"{where}.hidden_act",
+               "silu | gelu_pytorch_tanh | gelu", self.hidden_act)
+        for i in self.fullatt_block_indexes:
+            _check(0 <= i < self.depth, f"{where}.fullatt_block_indexes", f"indexes in [0, {self.depth})", i)
+        for i in self.deepstack_visual_indexes:
+            _check(0 <= i < self.depth, f"{where}.deepstack_visual_indexes", f"indexes in [0, {self.depth})", i)
+        if self.family == "qwen3_vl":
+            side = int(round(self.num_position_embeddings**0.5))
+            _check(side * side == self.num_position_embeddings and side > 0, f"{where}.num_position_embeddings",
+                   "a positive perfect square", self.num_position_embeddings)
+        if self.family == "qwen2_5_vl":
+            _check(self.window_size % (self.patch_size * self.spatial_merge_size) == 0, f"{where}.window_size",
+                   "a multiple of patch_size * spatial_merge_size", self.window_size)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The decoder LLM: GQA attention with multimodal rotary positions, RMSNorm, SwiGLU."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    rope_theta: float = 1_000_000.0
+    mrope_section: tuple[int, ...] = (2, 3, 3)
+    mrope_interleaved: bool = False  # Qwen3-VL interleaves T/H/W frequencies; Qwen2.5-VL sections them
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = True  # Qwen2.5 has q/k/v biases
+    qk_norm: bool = False  # Qwen3 RMS-normalises q and k per head
+    tie_word_embeddings: bool = False
+    sliding_window: int | None = None
+    max_position_embeddings: int = 32768
+    scan_layers: bool = True
+    remat: str = "none"
+
+    def validate(self, where: str = "text") -> None:
+        _check_positive(self, where, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                                      "num_kv_heads", "head_dim", "max_position_embeddings"))
+        _check(self.rope_theta > 0, f"{where}.rope_theta", "> 0", self.rope_theta)
+        _check(self.rms_norm_eps > 0, f"{where}.rms_norm_eps", "> 0", self.rms_norm_eps)
+        if self.sliding_window is not None:
+            _check(self.sliding_window > 0, f"{where}.sliding_window", "> 0 or None", self.sliding_window)
+        _check(self.num_heads % self.num_kv_heads == 0, f"{where}.num_heads",
+               f"a multiple of num_kv_heads={self.num_kv_heads}", self.num_heads)
+        _check(sum(self.mrope_section) * 2 == self.head_dim, f"{where}.mrope_section",
+               f"sections summing to head_dim / 2 = {self.head_dim // 2}", self.mrope_section)
+        _check(len(self.mrope_section) == 3, f"{where}.mrope_section", "three sections (T, H, W)",
+               self.mrope_section)
+        _check(self.remat in REMAT_POLICIES, f"{where}.remat", f"one of {REMAT_POLICIES}", self.remat)
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """A vision-language backbone: vision tower + decoder + the special token ids that join them."""
+
+    family: str = "qwen2_5_vl"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image_token_id: int = 500
+    video_token_id: int = 501
+    vision_start_token_id: int = 502
+    vision_end_token_id: int = 503
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"
+
+    def validate(self, where: str = "model") -> None:
+        _check(self.family in FAMILIES, f"{where}.family", f"one of {FAMILIES}", self.family)
+        _check(self.vision.family == self.family, f"{where}.vision.family", f"equal to {where}.family",
+               self.vision.family)
+        _check(self.dtype in DTYPES, f"{where}.dtype", f"one of {DTYPES}", self.dtype)
+        _check(self.param_dtype in DTYPES, f"{where}.param_dtype", f"one of {DTYPES}", self.param_dtype)
+        _check(self.attention_impl in ATTENTION_IMPLS, f"{where}.attention_impl", f"one of {ATTENTION_IMPLS}",
+               self.attention_impl)
+        _check(self.vision.out_hidden_size == self.text.hidden_size, f"{where}.vision.out_hidden_size",
+               f"equal to {where}.text.hidden_size={self.text.hidden_size}", self.vision.out_hidden_size)
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+            tid = getattr(self, name)
+            _check(0 <= tid < self.text.vocab_size, f"{where}.{name}", f"in [0, vocab_size={self.text.vocab_size})",
+                   tid)
+        if self.family == "qwen3_vl":
+            _check(len(self.vision.deepstack_visual_indexes) <= self.text.num_layers,
+                   f"{where}.vision.deepstack_visual_indexes", "no more entries than decoder layers",
+                   self.vision.deepstack_visual_indexes)
+        self.vision.validate(f"{where}.vision")
+        self.text.validate(f"{where}.text")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh: sizes of the `data`, `fsdp` and `tensor` axes; -1 on one axis takes the rest."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: str = "default"  # a name in ar1_jax.parallel.rules.RULE_TABLES
+
+    @property
+    def axis_names(self) -> tuple[str, str, str]:
+        return ("data", "fsdp", "tensor")
+
+    def validate(self, where: str = "mesh") -> None:
+        for name in self.axis_names:
+            size = getattr(self, name)
+            _check(size == -1 or size >= 1, f"{where}.{name}", "a size >= 1, or -1 for the remaining devices", size)
+        wild = [n for n in self.axis_names if getattr(self, n) == -1]
+        _check(len(wild) <= 1, f"{where}.{wild[-1] if wild else 'data'}", "at most one axis set to -1",
+               ", ".join(f"{n}=-1" for n in wild))
+        from ar1_jax.parallel.rules import RULE_TABLES
+
+        _check(self.rules in RULE_TABLES, f"{where}.rules", f"one of {tuple(RULE_TABLES)}", self.rules)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root config: what to build and how to lay it out on devices."""
+
+    name: str = "custom"
+    model: VLMConfig = field(default_factory=VLMConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    seed: int = 0
+
+    def validate(self) -> "Config":
+        self.model.validate("model")
+        self.mesh.validate("mesh")
+        return self
+
+
+def _check_positive(section: Any, where: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _check(isinstance(value, int) and value > 0, f"{where}.{name}", "a positive integer", value)
+
+
+def _check(ok: bool, field_path: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config field `{field_path}`: expected {expected}, got {got!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Named configs.
+
+
+def available_configs() -> list[str]:
+    """Names of the configs shipped in `configs/`."""
+    import ar1_jax.configs as pkg
+
+    root = pathlib.Path(pkg.__file__).parent
+    return sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_"))
+
+
+def get_config(name_or_path: str, overrides: typing.Sequence[str] = ()) -> Config:
+    """Loads a named config (`tiny`) or a Python file defining `get_config()`, then applies overrides."""
+    if name_or_path.endswith(".py"):
+        path = pathlib.Path(name_or_path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"_ar1_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise ConfigError(f"config file {path} failed to import: {type(e).__name__}: {e}") from e
+    else:
+        names = available_configs()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config {name_or_path!r}{hint} (known: {', '.join(names)})")
+        module = importlib.import_module(f"ar1_jax.configs.{name_or_path}")
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config module {name_or_path!r} defines no get_config()")
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"config {name_or_path!r}: get_config() returned {type(cfg).__name__}, expected "
+                          f"ar1_jax.config.Config")
+    return apply_overrides(cfg, overrides).validate()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dotted overrides.
+
+
+def apply_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
+    """Returns `cfg` with each `a.b.c=value` applied; values are parsed by the field's type."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"override {item!r} has an empty field name")
+        cfg = _set_path(cfg, key.strip().split("."), raw.strip(), key.strip())
+    return cfg
+
+
+def _set_path(node: Any, parts: list[str], raw: str, full_key: str) -> Any:
+    if not dataclasses.is_dataclass(node):
+        raise ConfigError(f"config field `{full_key}`: `{parts[0]}` is not inside a config section")
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    name = parts[0]
+    if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown config field `{full_key}` (`{name}` is not a field of "
+                          f"{type(node).__name__}){hint}")
+    hints = typing.get_type_hints(type(node))
+    if len(parts) == 1:
+        value = parse_value(raw, hints[name], full_key)
+    else:
+        value = _set_path(getattr(node, name), parts[1:], raw, full_key)
+    return dataclasses.replace(node, **{name: value})
+
+
+def parse_value(raw: str, tp: Any, key: str = "?") -> Any:
+    """Parses the text `raw` as type `tp` (int, float, bool, str, tuple[...], X | None)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_value(raw, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config field `{key}`: cannot parse {raw!r} as {tp} ({'; '.join(errors)})")
+    if origin is tuple:
+        text = raw.strip()
+        if text[:1] in "([" and text[-1:] in ")]":
+            text = text[1:-1]
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        elem = args[0] if args else str
+        return tuple(parse_value(t, elem, key) for t in items)
+    if tp is bool:
+        low = raw.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"config field `{key}`: expected a bool (true/false), got {raw!r}")
+    if tp is int:
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"config field `{key}`: expected an int, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"config field `{key}`: expected a float, got {raw!r}") from None
+    if tp is str:
+        return raw
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"config field `{key}` is a section; set one of its fields instead "
+                          f"({', '.join(f.name for f in dataclasses.fields(tp))})")
+    raise ConfigError(f"config field `{key}`: unsupported type {tp}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as nested plain dicts (JSON-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Rebuilds a config dataclass from `to_dict` output, naming unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown config field `{path}`")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, path)
+        elif typing.get_origin(tp) is tuple or (
+            typing.get_origin(tp) in (typing.Union, types.UnionType) and isinstance(value, list)
+        ):
+            value = tuple(value) if value is not None else None
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,177 @@
+"""The decoder LLM of Qwen2.5-VL / Qwen3-VL: embeddings, scanned GQA layers with M-RoPE, LM head.
+
+Parameters (leading `layers` axis on everything under `layers`; E hidden, H heads, K kv heads,
+D head dim, F MLP width, V vocab):
+  embed [V, E]; layers.{input_norm [L, E], post_attn_norm [L, E],
+  attn.{q_kernel [L, E, H, D], k_kernel/v_kernel [L, E, K, D], o_kernel [L, H, D, E],
+        q_bias [L, H, D], k_bias/v_bias [L, K, D] (Qwen2.5), q_norm/k_norm [L, D] (Qwen3)},
+  mlp.{gate_kernel/up_kernel [L, E, F], down_kernel [L, F, E]}}; final_norm [E]; lm_head [E, V]
+  (absent when tied to the embeddings).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from ar1_jax.config import TextConfig
+from ar1_jax.model import attention as attn_lib
+from ar1_jax.model import rope
+from ar1_jax.model.kv_cache import KVCache
+from ar1_jax.model.layers import activation, dense, make_param, remat_policy, rms_norm
+from ar1_jax.parallel.rules import shard_activation
+
+
+class Params(nnx.Module):
+    """A named bundle of Params (or sub-bundles)."""
+
+    def __init__(self, **children):
+        for name, child in children.items():
+            setattr(self, name, child)
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.cfg = cfg
+        L, E, H, K, D, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                               cfg.intermediate_size, cfg.vocab_size)
+        p = functools.partial(make_param, rngs, dtype=param_dtype)
+        attn = dict(
+            q_kernel=p((L, E, H, D), ("layers", "embed", "heads", "head_dim")),
+            k_kernel=p((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim")),
+            v_kernel=p((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim")),
+            o_kernel=p((L, H, D, E), ("layers", "heads", "head_dim", "embed")),
+        )
+        if cfg.qkv_bias:
+            attn.update(
+                q_bias=p((L, H, D), ("layers", "heads", "head_dim"), init="zeros"),
+                k_bias=p((L, K, D), ("layers", "kv_heads", "head_dim"), init="zeros"),
+                v_bias=p((L, K, D), ("layers", "kv_heads", "head_dim"), init="zeros"),
+            )
+        if cfg.qk_norm:
+            attn.update(q_norm=p((L, D), ("layers", "norm"), init="ones"),
+                        k_norm=p((L, D), ("layers", "norm"), init="ones"))
+        self.embed = p((V, E), ("vocab", "embed"))
+        self.layers = Params(
+            input_norm=p((L, E), ("layers", "norm"), init="ones"),
+            post_attn_norm=p((L, E), ("layers", "norm"), init="ones"),
+            attn=Params(**attn),
+            mlp=Params(
+                gate_kernel=p((L, E, F), ("layers", "embed", "mlp")),
+                up_kernel=p((L, E, F), ("layers", "embed", "mlp")),
+                down_kernel=p((L, F, E), ("layers", "mlp", "embed")),
+            ),
+        )
+        self.final_norm = p((E,), ("norm",), init="ones")
+        if not cfg.tie_word_embeddings:
+            self.lm_head = p((E, V), ("embed", "vocab"))
+
+
+def embed_tokens(params: dict, input_ids: Int[Array, "B T"], dtype) -> Float[Array, "B T E"]:
+    x = jnp.take(params["embed"], input_ids, axis=0).astype(dtype)
+    return shard_activation(x, ("batch", "seq", "embed"))
+
+
+def lm_logits(params: dict, cfg: TextConfig, hidden: Float[Array, "B T E"]) -> Float[Array, "B T V"]:
+    """Final norm + LM head; logits in float32."""
+    h = rms_norm(hidden, params["final_norm"], cfg.rms_norm_eps)
+    if cfg.tie_word_embeddings:
+        w = params["embed"].astype(h.dtype)
+        logits = jnp.einsum("bte,ve->btv", h, w, preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("bte,ev->btv", h, params["lm_head"].astype(h.dtype), preferred_element_type=jnp.float32)
+    return shard_activation(logits, ("batch", "seq", "vocab"))
+
+
+def decode_layers(
+    params: dict,
+    cfg: TextConfig,
+    x: Float[Array, "B T E"],
+    positions: Int[Array, "3 B T"],
+    *,
+    kv_valid: Bool[Array, "B T"] | None = None,
+    cache: KVCache | None = None,
+    deepstack: Float[Array, "N B T E"] | None = None,
+    impl: str = "xla",
+) -> tuple[Float[Array, "B T E"], KVCache | None]:
+    """Runs all decoder layers over `x`.
+
+    Without a cache this is a causal self-attention over the T tokens (padding masked by
+    `kv_valid`). With a cache, the T tokens are written at slots [length, length + T) and attend to
+    every valid slot up to their own; `kv_valid` marks which of the new tokens are real. DeepStack
+    features (Qwen3-VL) are added to the output of layer i for i < N (zero outside image tokens).
+    """
+    b, t, _ = x.shape
+    cos, sin = rope.mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cfg.mrope_interleaved)
+    if kv_valid is None:
+        kv_valid = jnp.ones((b, t), bool)
+    layer_params = params["layers"]
+    n_deep = 0 if deepstack is None else deepstack.shape[0]
+
+    if cache is None:
+        q_slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        attend_kwargs = dict(q_slots=q_slots, kv_slots=q_slots, kv_valid=kv_valid)
+    else:
+        q_slots = jnp.broadcast_to(cache.length + jnp.arange(t, dtype=jnp.int32), (b, t))
+        kv_slots = jnp.broadcast_to(jnp.arange(cache.max_length, dtype=jnp.int32), (b, cache.max_length))
+        new_valid = jax.lax.dynamic_update_slice(cache.valid, kv_valid, (0, cache.length))
+        attend_kwargs = dict(q_slots=q_slots, kv_slots=kv_slots, kv_valid=new_valid)
+
+    act = activation("silu")
+
+    def layer(x, lp, layer_idx, k_cache, v_cache):
+        a = lp["attn"]
+        h = rms_norm(x, lp["input_norm"], cfg.rms_norm_eps)
+        q = shard_activation(dense(h, a["q_kernel"], a.get("q_bias")), ("batch", "seq", "heads", "head_dim"))
+        k = shard_activation(dense(h, a["k_kernel"], a.get("k_bias")), ("batch", "seq", "kv_heads", "head_dim"))
+        v = shard_activation(dense(h, a["v_kernel"], a.get("v_bias")), ("batch", "seq", "kv_heads", "head_dim"))
+        if cfg.qk_norm:
+            q = rms_norm(q, a["q_norm"], cfg.rms_norm_eps)
+            k = rms_norm(k, a["k_norm"], cfg.rms_norm_eps)
+        q = rope.apply_rotary(q, cos, sin)
+        k = rope.apply_rotary(k, cos, sin)
+        if k_cache is not None:
+            k_layer = jax.lax.dynamic_update_slice(k_cache[layer_idx], k.astype(k_cache.dtype), (0, cache.length, 0, 0))
+            v_layer = jax.lax.dynamic_update_slice(v_cache[layer_idx], v.astype(v_cache.dtype), (0, cache.length, 0, 0))
+            k_cache = jax.lax.dynamic_update_index_in_dim(k_cache, k_layer, layer_idx, 0)
+            v_cache = jax.lax.dynamic_update_index_in_dim(v_cache, v_layer, layer_idx, 0)
+            k, v = k_layer.astype(x.dtype), v_layer.astype(x.dtype)
+        o = attn_lib.attention(q, k, v, causal=True, window=cfg.sliding_window, impl=impl, **attend_kwargs)
+        x = x + jnp.einsum("bthd,hde->bte", o, a["o_kernel"].astype(x.dtype))
+        x = shard_activation(x, ("batch", "seq", "embed"))
+        m = lp["mlp"]
+        h = rms_norm(x, lp["post_attn_norm"], cfg.rms_norm_eps)
+        hidden = shard_activation(act(dense(h, m["gate_kernel"])) * dense(h, m["up_kernel"]), ("batch", "seq", "mlp"))
+        x = shard_activation(x + dense(hidden, m["down_kernel"]), ("batch", "seq", "embed"))
+        if n_deep:
+            feat = jax.lax.dynamic_index_in_dim(deepstack, jnp.minimum(layer_idx, n_deep - 1), 0, keepdims=False)
+            x = x + jnp.where(layer_idx < n_deep, feat.astype(x.dtype), jnp.zeros_like(x))
+        return x, k_cache, v_cache
+
+    policy = remat_policy(cfg.remat)
+    if cfg.remat != "none":
+        layer = jax.checkpoint(layer, policy=policy)
+
+    k_cache = None if cache is None else cache.k
+    v_cache = None if cache is None else cache.v
+    if cfg.scan_layers:
+        def body(carry, xs):
+            x, kc, vc = carry
+            lp, idx = xs
+            x, kc, vc = layer(x, lp, idx, kc, vc)
+            return (x, kc, vc), None
+
+        (x, k_cache, v_cache), _ = jax.lax.scan(
+            body, (x, k_cache, v_cache), (layer_params, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+    else:
+        for i in range(cfg.num_layers):
+            lp = jax.tree.map(lambda a, i=i: a[i], layer_params)
+            x, k_cache, v_cache = layer(x, lp, jnp.int32(i), k_cache, v_cache)
+
+    if cache is not None:
+        cache = cache.replace(k=k_cache, v=v_cache, valid=attend_kwargs["kv_valid"], length=cache.length + t)
+    return x, cache

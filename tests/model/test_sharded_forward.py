@@ -1,0 +1,37 @@
+"""The same forward on 8 fake CPU devices (fsdp=4 x tensor=2) as on one device, with params sharded."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_qwen3"])
+def test_fsdp4_tensor2_matches_one_device(name):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    seed = int(np.random.default_rng().integers(1000))
+    proc = subprocess.run([sys.executable, str(HERE / "sharded_forward_check.py"), name, str(seed)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["rel"] <= 1e-5, r
+    assert r["loaded_rel"] <= 1e-5, r
+    assert r["gen_equal"]
+    # Parameters are sharded as the default rules say: embed -> fsdp, heads/kv_heads/mlp/vocab -> tensor.
+    assert r["specs"]["embed"] == ["tensor", "fsdp"]
+    assert r["specs"]["q_kernel"] == [None, "fsdp", "tensor", None]
+    assert r["specs"]["k_kernel"] == [None, "fsdp", "tensor", None]
+    assert r["specs"]["down_kernel"] == [None, "tensor", "fsdp"]
+    assert r["specs"]["vision_fc1"] == [None, "fsdp", "tensor"]
+    assert r["loaded_spec"] == [None, "tensor", "fsdp"]
+    v, e = r["full_shapes"]["embed"]
+    assert r["shard_shapes"]["embed"] == [v // 2, e // 4]
+    layers, e, h, d = r["full_shapes"]["q_kernel"]
+    assert r["shard_shapes"]["q_kernel"] == [layers, e // 4, h // 2, d]
+    assert "fsdp" in r["logits_sharding"]  # the batch of 4 is split over fsdp
