@@ -19,8 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import re
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -302,8 +301,6 @@ def _read_params(reader: CheckpointReader, cfg: VLMConfig, abstract_params, shar
     used: set[str] = set()
     flat_abstract = nnx.to_flat_state(abstract_params)
     flat_shard = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
-    n_layers = {("text",): cfg.text.num_layers, ("vision", "blocks"): cfg.vision.depth,
-                ("vision", "deepstack"): len(cfg.vision.deepstack_visual_indexes)}
     default_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     out = []
     for path, var in flat_abstract:

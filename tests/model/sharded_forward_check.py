@@ -6,7 +6,6 @@ import tempfile
 
 import jax
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from ar1_jax.config import MeshConfig, get_config
 from ar1_jax.convert import hf

@@ -35,3 +35,19 @@ def test_fsdp4_tensor2_matches_one_device(name):
     layers, e, h, d = r["full_shapes"]["q_kernel"]
     assert r["shard_shapes"]["q_kernel"] == [layers, e // 4, h // 2, d]
     assert "fsdp" in r["logits_sharding"]  # the batch of 4 is split over fsdp
+
+
+def test_7b_init_is_never_materialised_on_one_device():
+    """Compiling (not running) the init of Qwen2.5-VL-7B on fsdp=8: each device outputs ~1/8 of the
+    33 GB of f32 parameters, and its peak (output + temporaries) is ~1/8 of the one-device init's."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(HERE / "sharded_init_memory_check.py"), "qwen2_5_vl_7b"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["total_bytes"] > 30e9
+    sharded, single = r["sharded"], r["one_device"]
+    assert single["output_bytes"] >= r["total_bytes"]
+    assert sharded["output_bytes"] < 0.13 * r["total_bytes"], r  # 1/8 plus replicated norms and biases
+    peak = lambda m: m["output_bytes"] + m["temp_bytes"]
+    assert peak(sharded) < 0.15 * peak(single), r

@@ -9,7 +9,6 @@ import pytest
 
 from ar1_jax.config import get_config
 from ar1_jax.model import kv_cache as kv_lib
-from ar1_jax.model import text
 from ar1_jax.model.vlm import build_model, vlm_forward
 
 

@@ -181,22 +181,3 @@ def test_checkpoint_written(request, fixture):
         assert any(k.startswith("model.visual.deepstack_merger_list.") for k in keys)
     # lm_head is written iff embeddings are untied (transformers 5.24, both families)
     assert ("lm_head.weight" in keys) == (not tied)
-
-
-def test_write_keys_txt(hf_qwen25, hf_qwen3, hf_qwen25_tied, hf_qwen3_tied):
-    """Writes tests/parity/KEYS.txt: the saved safetensors keys + shapes of each fixture."""
-    lines = []
-    for name, (_, ckpt) in (
-        ("hf_qwen25 (Qwen2.5-VL, untied)", hf_qwen25),
-        ("hf_qwen25_tied (Qwen2.5-VL, tie_word_embeddings=True)", hf_qwen25_tied),
-        ("hf_qwen3 (Qwen3-VL, untied)", hf_qwen3),
-        ("hf_qwen3_tied (Qwen3-VL, tie_word_embeddings=True)", hf_qwen3_tied),
-    ):
-        keys = H.safetensors_keys(ckpt)
-        lines.append(f"== {name}: {len(keys)} tensors")
-        lines += [f"{k} {list(v)}" for k, v in sorted(keys.items())]
-        lines.append("")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "KEYS.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    assert os.path.getsize(path) > 0
