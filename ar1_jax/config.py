@@ -168,6 +168,39 @@ class VLMConfig:
 
 
 @dataclass(frozen=True)
+class ActionConfig:
+    """The action space: controls (acceleration m/s^2, curvature 1/m) at `dt` for `horizon` steps,
+    their normalisation, bounds and discrete tokens, and flow-matching settings."""
+
+    horizon: int = 64  # future steps (6.4 s at 10 Hz)
+    history: int = 16  # past poses, t0 included (1.6 s)
+    dt: float = 0.1  # seconds per step
+    accel_bound: float = 9.8  # |a| <= bound, m/s^2
+    curvature_bound: float = 0.2  # |k| <= bound, 1/m
+    accel_mean: float = 0.029
+    accel_std: float = 0.681
+    curvature_mean: float = 2.7e-4
+    curvature_std: float = 0.026
+    smoothness_lambda: float = 1e-4  # Tikhonov weight on second differences in fit_controls
+    future_bins: int = 3000  # uniform bins per control dimension over normalised values
+    future_range: float = 10.0  # bins cover [-range, range] in normalised units
+    history_bins: int = 1000
+    history_xy_clip: float = 4.0  # metres per step, x and y deltas
+    history_z_clip: float = 10.0
+    flow_steps: int = 10  # Euler steps at inference
+    flow_time_scale: float = 0.999  # training t = scale * (1 - s)
+    flow_beta_a: float = 1.5  # s ~ Beta(a, b)
+    flow_beta_b: float = 1.0
+
+    def validate(self, where: str = "action") -> None:
+        _check_positive(self, where, ("horizon", "history", "future_bins", "history_bins", "flow_steps"))
+        for name in ("dt", "accel_bound", "curvature_bound", "accel_std", "curvature_std", "future_range",
+                     "history_xy_clip", "history_z_clip", "flow_beta_a", "flow_beta_b"):
+            _check(getattr(self, name) > 0, f"{where}.{name}", "> 0", getattr(self, name))
+        _check(0 < self.flow_time_scale <= 1, f"{where}.flow_time_scale", "in (0, 1]", self.flow_time_scale)
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Device mesh: sizes of the `data`, `fsdp` and `tensor` axes; -1 on one axis takes the rest."""
 
