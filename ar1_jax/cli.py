@@ -176,6 +176,86 @@ def _not_yet(command: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config, args.overrides)
+    if not cfg.is_vla:
+        raise CLIError(f"config {cfg.name!r} is a plain backbone; `ar1 infer` needs an AR1 config (ar1_*)")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from ar1_jax.eval import viz
+    from ar1_jax.infer import engine as engine_lib
+    from ar1_jax.infer import scene as scene_lib
+
+    print(f"[1/4] model: {cfg.name}", flush=True)
+    if args.checkpoint:
+        from ar1_jax.convert import hf
+
+        loaded = hf.load(_existing_dir(args.checkpoint, "--checkpoint"), dtype=cfg.model.dtype)
+        if not hasattr(loaded, "engine"):
+            raise CLIError(f"{args.checkpoint} is a plain VLM checkpoint, not an AR1 one")
+        cfg, params = loaded.cfg, loaded.pure_params
+    else:
+        import jax
+        from flax import nnx
+
+        from ar1_jax.model.vla import AR1
+
+        params = nnx.to_pure_dict(jax.jit(lambda: nnx.state(AR1(cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param))())
+    tokenizer = _infer_tokenizer(args, cfg, out)
+    print("[2/4] scene", flush=True)
+    try:
+        scene = (scene_lib.random_scene(cfg, args.seed) if args.scene == "random"
+                 else scene_lib.load_scene(args.scene))
+        ids, pv, grid, v0 = scene_lib.scene_inputs(cfg, tokenizer, scene)
+    except (OSError, ValueError) as e:
+        raise CLIError(str(e)) from e
+    print(f"      {scene.name}: {len(ids)} prompt tokens, {len(grid)} images, v0 {v0:.2f} m/s", flush=True)
+    print("[3/4] inference (compiles on the first call)", flush=True)
+    eng = engine_lib.Engine(cfg, params, tokenizer)
+    for i in range(max(1, args.repeat)):
+        result = eng.run(ids, pv, grid, v0=v0, seed=args.seed, num_samples=args.samples)
+        if args.repeat > 1:
+            print(f"      run {i + 1}/{args.repeat}: {result.timing['total'] * 1e3:.1f} ms", flush=True)
+    for k, (text, dec) in enumerate(zip(result.text[0], result.decisions[0])):
+        forced = " (traj_future_start forced at the token budget)" if result.forced[0, k] else ""
+        parsed = (f"{dec.longitudinal}/{dec.lateral}" if dec is not None and dec.ok else "unparseable")
+        print(f"  sample {k}: {text!r} -> {parsed}{forced}")
+    t = result.timing
+    print("      timing: " + ", ".join(f"{k} {t[k] * 1e3:.1f} ms" for k in ("vision", "prefill", "decode", "denoise",
+                                                                               "trajectory", "total"))
+          + f", {t['decode_steps']} tokens at {t['decode_per_token'] * 1e3:.2f} ms/token")
+    print("[4/4] writing outputs", flush=True)
+    record = dict(config=cfg.name, scene=scene.name, seed=args.seed, v0=v0, timing=t,
+                  samples=[dict(text=text, trajectory_xy=result.trajectory[0, k].round(4).tolist(),
+                                controls=result.controls[0, k].round(5).tolist(), forced=bool(result.forced[0, k]))
+                           for k, text in enumerate(result.text[0])])
+    _write_json(out / "trajectory.json", record)
+    viz.plot_bev(out / "bev.png", result.trajectory[0], scene.history_xyz[:, :2],
+                 None if scene.future_xyz is None else scene.future_xyz[:, :2],
+                 title=f"{cfg.name} on {scene.name}", labels=[f"{k}: {x}" for k, x in enumerate(result.text[0])])
+    print(f"wrote {out / 'trajectory.json'} and {out / 'bev.png'}")
+    return EXIT_OK
+
+
+def _infer_tokenizer(args: argparse.Namespace, cfg, out: pathlib.Path):
+    from ar1_jax.text import tokenizer as tok_lib
+
+    directory = args.tokenizer or args.checkpoint
+    if directory and (pathlib.Path(directory) / "tokenizer.json").exists():
+        tok = tok_lib.HFTokenizerAdapter(directory)
+    elif directory and any(pathlib.Path(directory).glob("*.model")):
+        tok = tok_lib.Tokenizer.load(directory)
+    else:
+        from ar1_jax.text import corpus
+
+        base = cfg.tokens.traj_token_offset - len(tok_lib.SPECIAL_TOKENS)
+        tok = corpus.default_tokenizer(base, out / "tokenizer")
+    if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size != cfg.model.text.vocab_size:
+        raise CLIError(f"tokenizer layout (vocab {tok.vocab_size}, <i0> at {tok.traj_token_offset}) does not match "
+                       f"config {cfg.name!r} (vocab {cfg.model.text.vocab_size}, <i0> at {cfg.tokens.traj_token_offset})")
+    return tok
+
+
 def cmd_convert_check(args: argparse.Namespace) -> int:
     hf_dir = _existing_dir(args.hf_dir, "--hf-dir")
     model, seconds = _hf_load(hf_dir, args.dtype, "convert check")
@@ -295,7 +375,7 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
-    stages = 6
+    stages = 7
     metrics: dict[str, Any] = {"stages": {}}
 
     print(f"[1/{stages}] VLM backbone: build the model and run one forward on random text + one image")
@@ -313,6 +393,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         metrics.update(backbone)
         metrics["stages"]["backbone"] = "ok"
 
+    print(f"[2/{stages}] AR1 inference (ar1_tiny, random weights, random scene): reasoning decode, "
+          "flow denoise, trajectory")
+    infer_args = argparse.Namespace(config="ar1_tiny", overrides=None, scene="random", checkpoint=None,
+                                    tokenizer=None, out=str(out / "infer"), samples=2, seed=seed, repeat=2)
+    cmd_infer(infer_args)
+    record = json.loads((out / "infer" / "trajectory.json").read_text())
+    metrics["infer"] = {"timing": record["timing"], "num_samples": len(record["samples"])}
+    metrics["stages"]["infer"] = "ok"
+
     later = [
         ("data", "synthetic data", ARRIVES_WITH["data"]),
         ("sft", "SFT", ARRIVES_WITH["train"]),
@@ -320,7 +409,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("eval", "eval", ARRIVES_WITH["eval"]),
         ("bench", "kernels benchmark", ARRIVES_WITH["kernels_bench"]),
     ]
-    for i, (key, title, arrives) in enumerate(later, start=2):
+    for i, (key, title, arrives) in enumerate(later, start=3):
         print(f"[{i}/{stages}] {title}: not yet available (arrives with {arrives})")
         metrics["stages"][key] = "not yet available"
 
@@ -480,12 +569,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write metrics and plots")
     p.set_defaults(func=_not_yet("eval"))
 
-    p = _sub(sub, "infer", "Run the model on a scene: reasoning text and a trajectory.",
-             "Compiled prefill, reasoning decode and flow-matching denoise, then unicycle\n"
-             "integration of the controls into a 6.4 s trajectory.\n"
-             f"Not yet available: arrives with {ARRIVES_WITH['infer']}.")
-    _add_config_args(p)
-    p.set_defaults(func=_not_yet("infer"))
+    p = _sub(sub, "infer", "Run AR1 on a scene: reasoning text and a trajectory.",
+             "Compiled vision + prefill, reasoning decode (trajectory tokens masked) until\n"
+             "<|traj_future_start|>, then flow-matching denoising of the action expert over the cached\n"
+             "prefix, then unicycle integration into a 6.4 s trajectory. Prints each sample's\n"
+             "reasoning, its parsed decisions and a timing breakdown; writes DIR/trajectory.json and a\n"
+             "bird's-eye plot DIR/bev.png. Deterministic for a given --seed.\n\n"
+             "--scene takes a scene .npz (images [cameras, frames, H, W, 3] uint8, history_xyz [16, 3]\n"
+             "metres in the t0 ego frame, optional future_xyz [64, 3]) or `random` (random frames: a\n"
+             "smoke test). Without --checkpoint the weights are random (config seed); with one, a\n"
+             "release-layout Alpamayo-R1 checkpoint directory is loaded.",
+             epilog="example: ar1 infer --config ar1_tiny --scene random --out out/infer --samples 2")
+    _add_config_args(p, default="ar1_tiny")
+    p.add_argument("--scene", required=True, metavar="PATH|random", help="scene .npz, or `random`")
+    p.add_argument("--checkpoint", metavar="DIR", help="release-layout checkpoint directory (config.json + safetensors)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the checkpoint's, or one "
+                                                      "trained on the CoC corpus and cached under --out)")
+    p.add_argument("--out", default="out/infer", metavar="DIR", help="where to write trajectory.json and bev.png")
+    p.add_argument("--samples", type=int, default=None, metavar="K", help="trajectory samples (default: config)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (reasoning and flow noise)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run N times and report the last run's timing (the first includes compilation)")
+    p.set_defaults(func=cmd_infer)
 
     # bench
     p = _sub(sub, "bench", "Benchmarks: compile time, (later) kernels and latency.",

@@ -177,10 +177,10 @@ class ActionConfig:
     dt: float = 0.1  # seconds per step
     accel_bound: float = 9.8  # |a| <= bound, m/s^2
     curvature_bound: float = 0.2  # |k| <= bound, 1/m
-    accel_mean: float = 0.029
-    accel_std: float = 0.681
-    curvature_mean: float = 2.7e-4
-    curvature_std: float = 0.026
+    accel_mean: float = 0.02902694707164455  # release checkpoint config.json (action_space_cfg)
+    accel_std: float = 0.6810426736454882
+    curvature_mean: float = 0.0002692167976330542
+    curvature_std: float = 0.026148280660833106
     smoothness_lambda: float = 1e-4  # Tikhonov weight on second differences in fit_controls
     future_bins: int = 3000  # uniform bins per control dimension over normalised values
     future_range: float = 10.0  # bins cover [-range, range] in normalised units
@@ -198,6 +198,90 @@ class ActionConfig:
                      "history_xy_clip", "history_z_clip", "flow_beta_a", "flow_beta_b"):
             _check(getattr(self, name) > 0, f"{where}.{name}", "> 0", getattr(self, name))
         _check(0 < self.flow_time_scale <= 1, f"{where}.flow_time_scale", "in (0, 1]", self.flow_time_scale)
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """The action expert: a decoder stack with its own width, heads and MLP that shares the
+    backbone's depth, KV heads, head dim, rotary and norm style (layer i reads the backbone's layer-i
+    KV cache). `hidden_size == 0` means no expert (a plain VLM)."""
+
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_heads: int = 0
+    # Action-in projection: per control dimension and for t, sin/cos Fourier features of
+    # `num_frequencies` log-spaced frequencies in [1, max_frequency] (or the explicit `frequencies`),
+    # then an MLP of `action_in_layers` hidden layers of width `action_in_hidden` and a LayerNorm.
+    num_frequencies: int = 10
+    max_frequency: float = 100.0
+    frequencies: tuple[float, ...] = ()  # explicit values (the release runs bf16-rounded ones)
+    action_in_hidden: int = 0
+    action_in_layers: int = 4
+    action_in_norm_eps: float = 1e-5
+
+    @property
+    def enabled(self) -> bool:
+        return self.hidden_size > 0
+
+    def validate(self, text: "TextConfig", where: str = "expert") -> None:
+        if not self.enabled:
+            return
+        _check_positive(self, where, ("hidden_size", "intermediate_size", "num_heads", "num_frequencies",
+                                      "action_in_hidden", "action_in_layers"))
+        _check(self.num_heads % text.num_kv_heads == 0, f"{where}.num_heads",
+               f"a multiple of model.text.num_kv_heads={text.num_kv_heads} (it reads the backbone's KV cache)",
+               self.num_heads)
+        _check(not self.frequencies or len(self.frequencies) == self.num_frequencies, f"{where}.frequencies",
+               f"empty or {self.num_frequencies} values", self.frequencies)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Ids of the AR1 special tokens in the backbone's vocabulary (set by the tokenizer's layout).
+    Trajectory tokens: future bins at `traj_token_offset + [0, future_bins)`, history bins right after."""
+
+    traj_token_offset: int = -1  # id of <i0>; -1: no trajectory tokens (plain VLM)
+    cot_start_id: int = -1
+    cot_end_id: int = -1
+    traj_history_start_id: int = -1
+    traj_history_end_id: int = -1
+    traj_future_start_id: int = -1
+    traj_future_end_id: int = -1
+    eos_id: int = -1  # <|im_end|>
+    pad_id: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """SFT loss weights: cross-entropy on reasoning and on discrete trajectory tokens, flow matching."""
+
+    reasoning_weight: float = 1.0
+    trajectory_token_weight: float = 1.0
+    flow_weight: float = 1.0
+    stop_gradient_kv: bool = True  # knowledge insulation: the flow loss does not train the backbone
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Reasoning decode and trajectory sampling at inference."""
+
+    max_reasoning_tokens: int = 48
+    temperature: float = 0.6  # 0 = greedy
+    top_p: float = 0.98
+    num_samples: int = 1  # K trajectories per scene
+    flow_steps: int = 10
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """What the model sees: cameras x frames of `image_height x image_width` RGB, camera-major."""
+
+    num_cameras: int = 4
+    num_frames: int = 4
+    image_height: int = 56
+    image_width: int = 112
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -231,12 +315,44 @@ class Config:
 
     name: str = "custom"
     model: VLMConfig = field(default_factory=VLMConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     seed: int = 0
+
+    @property
+    def is_vla(self) -> bool:
+        """True for an AR1 config (backbone + action expert), False for a plain backbone."""
+        return self.expert.enabled
 
     def validate(self) -> "Config":
         self.model.validate("model")
         self.mesh.validate("mesh")
+        self.action.validate("action")
+        self.expert.validate(self.model.text, "expert")
+        if self.is_vla:
+            t = self.tokens
+            n_traj = self.action.future_bins + self.action.history_bins
+            _check(t.traj_token_offset >= 0 and t.traj_token_offset + n_traj <= self.model.text.vocab_size,
+                   "tokens.traj_token_offset", f"an offset with {n_traj} trajectory ids inside the vocabulary "
+                   f"(vocab_size={self.model.text.vocab_size})", t.traj_token_offset)
+            for name in ("cot_start_id", "cot_end_id", "traj_history_start_id", "traj_history_end_id",
+                         "traj_future_start_id", "traj_future_end_id", "eos_id"):
+                tid = getattr(t, name)
+                _check(0 <= tid < self.model.text.vocab_size, f"tokens.{name}",
+                       f"an id in [0, vocab_size={self.model.text.vocab_size})", tid)
+                _check(not (t.traj_token_offset <= tid < t.traj_token_offset + n_traj), f"tokens.{name}",
+                       "an id outside the trajectory-token range", tid)
+            i = self.infer
+            _check(i.max_reasoning_tokens > 1, "infer.max_reasoning_tokens", "> 1", i.max_reasoning_tokens)
+            _check(i.num_samples > 0 and i.flow_steps > 0, "infer.num_samples",
+                   "num_samples and flow_steps > 0", (i.num_samples, i.flow_steps))
+            _check(0 < i.top_p <= 1 and i.temperature >= 0, "infer.top_p", "top_p in (0, 1], temperature >= 0",
+                   (i.top_p, i.temperature))
         return self
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Iterator
+import re
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -280,8 +281,13 @@ def load(checkpoint_dir, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = Non
     config_path = checkpoint_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (expected a HF checkpoint directory)")
+    hf_cfg = json.loads(config_path.read_text())
+    if hf_cfg.get("model_type") == "alpamayo_r1":
+        if mesh is not None:
+            raise NotImplementedError("loading an alpamayo_r1 checkpoint onto a mesh arrives with sharded training")
+        return load_ar1(checkpoint_dir, dtype=dtype, strict=strict)
     dtype_name = jnp.dtype(dtype).name
-    cfg = config_from_hf(json.loads(config_path.read_text()), dtype=dtype_name)
+    cfg = config_from_hf(hf_cfg, dtype=dtype_name)
     abstract = nnx.eval_shape(lambda: VLM(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
     if mesh is not None:
@@ -376,10 +382,242 @@ def iter_hf_tensors(model: VLMRunner) -> Iterator[tuple[str, np.ndarray]]:
             yield hub_key(template.format(i=i), cfg.family), tensor
 
 
-def export(model: VLMRunner, out_dir, max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
-    """Writes `config.json` and safetensors in the HF layout that transformers loads."""
+def export(model, out_dir, max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
+    """Writes `config.json` and safetensors in the HF layout that transformers loads (or, for a
+    `LoadedAR1`, the release's layout)."""
+    if isinstance(model, LoadedAR1):
+        return export_ar1(model, out_dir, max_shard_bytes)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_checkpoint(out_dir, iter_hf_tensors(model), max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config_to_hf(model.cfg), indent=2))
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# The released Alpamayo-R1 layout: `vlm.` + a Qwen3-VL checkpoint, `expert.*`, `action_in_proj.*`,
+# `action_out_proj.*` (docs/design/alpamayo_release.md §7).
+
+# VLMs the release names by `vlm_name_or_path` instead of embedding their config.
+KNOWN_VLMS = {"Qwen/Qwen3-VL-8B-Instruct": "qwen3_vl_8b", "nvidia/Cosmos-Reason2-8B": "qwen3_vl_8b"}
+# Buffers the release may store beside the weights; kept verbatim for export, checked on load.
+BUFFER_KEYS = ("action_in_proj.sinus.0.freqs", "action_in_proj.sinus.1.freqs",
+               "action_in_proj.timestep_fourier_encoder.freqs", "action_space.accel_mean", "action_space.accel_std",
+               "action_space.curvature_mean", "action_space.curvature_std")
+
+
+@dataclasses.dataclass
+class LoadedAR1:
+    """An AR1 model loaded from a release-layout checkpoint."""
+
+    cfg: Any  # ar1_jax.config.Config
+    graphdef: Any
+    params: Any  # nnx.State
+    buffers: dict  # optional release buffers found in the checkpoint (exported back verbatim)
+    hf_config: dict
+
+    @property
+    def pure_params(self) -> dict:
+        return nnx.to_pure_dict(self.params)
+
+    def engine(self, tokenizer=None):
+        from ar1_jax.infer.engine import Engine
+
+        return Engine(self.cfg, self.pure_params, tokenizer)
+
+
+def ar1_config_from_hf(hf_cfg: dict, *, dtype: str = "float32"):
+    """Our AR1 `Config` from a release `config.json` (the VLM nested as `vlm_config`, or named)."""
+    from ar1_jax.config import ActionConfig, Config, ExpertConfig
+    from ar1_jax.config import get_config as named
+
+    if "vlm_config" in hf_cfg:
+        vlm = config_from_hf(hf_cfg["vlm_config"], dtype=dtype)
+    else:
+        name = hf_cfg.get("vlm_name_or_path", "Qwen/Qwen3-VL-8B-Instruct")
+        if name not in KNOWN_VLMS:
+            raise ValueError(f"config.json: vlm_name_or_path {name!r} is not embedded (`vlm_config`) and not one of "
+                             f"{sorted(KNOWN_VLMS)}")
+        vlm = dataclasses.replace(named(KNOWN_VLMS[name]).model, dtype=dtype, param_dtype=dtype)
+    vocab = hf_cfg.get("vocab_size", vlm.text.vocab_size)
+    vlm = dataclasses.replace(vlm, text=dataclasses.replace(vlm.text, vocab_size=vocab))
+    e = hf_cfg.get("expert_cfg") or {}
+    a = hf_cfg.get("action_in_proj_cfg") or {}
+    n_feats = int(a.get("num_fourier_feats", 20))
+    max_freq = float(a.get("max_freq", 100.0))
+    # The release builds its constants under a bf16 default dtype: run what it runs.
+    freqs = tuple(_bf16(np.logspace(0.0, np.log10(max_freq), n_feats // 2)).tolist())
+    expert = ExpertConfig(hidden_size=e.get("hidden_size", vlm.text.hidden_size),
+                          intermediate_size=e.get("intermediate_size", vlm.text.intermediate_size),
+                          num_heads=e.get("num_attention_heads", vlm.text.num_heads),
+                          num_frequencies=n_feats // 2, max_frequency=max_freq, frequencies=freqs,
+                          action_in_hidden=int(a.get("hidden_size", 1024)),
+                          action_in_layers=int(a.get("num_enc_layers", 4)))
+    if e.get("head_dim", vlm.text.head_dim) != vlm.text.head_dim:
+        raise ValueError(f"config.json: expert_cfg.head_dim {e['head_dim']} != VLM head_dim {vlm.text.head_dim}")
+    stats = (hf_cfg.get("action_space_cfg") or {})
+    action = ActionConfig(**{k: float(_bf16(stats[k])) for k in ("accel_mean", "accel_std", "curvature_mean",
+                                                                 "curvature_std") if k in stats},
+                          future_bins=int(hf_cfg.get("traj_vocab_size", 4000)) - 1000)
+    from ar1_jax.text import layout
+
+    # Every added id follows from where <i0> starts and the release's add order; Qwen's own ids come
+    # from the VLM config (and eos / pad from config.json when given).
+    qwen_ids = {"<|image_pad|>": vlm.image_token_id, "<|video_pad|>": vlm.video_token_id,
+                "<|vision_start|>": vlm.vision_start_token_id, "<|vision_end|>": vlm.vision_end_token_id}
+    for key, tok in (("eos_token_id", "<|im_end|>"), ("pad_token_id", "<|endoftext|>")):
+        if isinstance(hf_cfg.get(key), int):
+            qwen_ids[tok] = hf_cfg[key]
+    _, tokens, _ = layout.release(int(hf_cfg.get("traj_token_start_idx", layout.QWEN3_BASE_VOCAB)), qwen_ids)
+    cfg = Config(name="alpamayo_r1", model=vlm, expert=expert, action=action, tokens=tokens)
+    return cfg.validate()
+
+
+def _bf16(x) -> np.ndarray:
+    return np.asarray(jnp.asarray(np.asarray(x, np.float32), jnp.bfloat16).astype(jnp.float32))
+
+
+def ar1_key_table(cfg) -> list[Entry]:
+    """HF keys of a release-layout AR1 checkpoint (canonical `vlm.` names) -> our parameter paths."""
+    table = [dataclasses.replace(e, hf="vlm." + e.hf, ours=e.ours) for e in key_table(cfg.model)]
+    T = "expert."
+    table += [Entry(T + "norm.weight", ("expert", "final_norm"), "vector"),
+              Entry(T + "layers.{i}.input_layernorm.weight", ("expert", "layers", "input_norm"), "vector"),
+              Entry(T + "layers.{i}.post_attention_layernorm.weight", ("expert", "layers", "post_attn_norm"), "vector"),
+              Entry(T + "layers.{i}.self_attn.o_proj.weight", ("expert", "layers", "attn", "o_kernel"), "linear", 2)]
+    for n in "qkv":
+        table.append(Entry(T + f"layers.{{i}}.self_attn.{n}_proj.weight", ("expert", "layers", "attn", f"{n}_kernel"),
+                           "linear"))
+        if cfg.model.text.qkv_bias:
+            table.append(Entry(T + f"layers.{{i}}.self_attn.{n}_proj.bias", ("expert", "layers", "attn", f"{n}_bias"),
+                               "vector"))
+    if cfg.model.text.qk_norm:
+        for n in "qk":
+            table.append(Entry(T + f"layers.{{i}}.self_attn.{n}_norm.weight", ("expert", "layers", "attn", f"{n}_norm"),
+                               "vector"))
+    for n in ("gate", "up", "down"):
+        table.append(Entry(T + f"layers.{{i}}.mlp.{n}_proj.weight", ("expert", "layers", "mlp", f"{n}_kernel"), "linear"))
+    n = cfg.expert.action_in_layers
+    A = "action_in_proj."
+    ai = ("expert", "action_in")
+    table += [Entry(A + "encoder.trunk.0.weight", ai + ("fc_in_kernel",), "linear"),
+              Entry(A + "encoder.trunk.0.bias", ai + ("fc_in_bias",), "vector"),
+              # trunk = Linear, SiLU, [RMSNorm, Linear, SiLU] x (n - 1), RMSNorm, Linear
+              Entry(A + "encoder.trunk.{3i+2}.weight", ai + ("mid_norm",), "vector"),
+              Entry(A + "encoder.trunk.{3i+3}.weight", ai + ("mid_kernel",), "linear"),
+              Entry(A + "encoder.trunk.{3i+3}.bias", ai + ("mid_bias",), "vector"),
+              Entry(A + f"encoder.trunk.{3 * (n - 1) + 2}.weight", ai + ("final_norm",), "vector"),
+              Entry(A + f"encoder.trunk.{3 * (n - 1) + 3}.weight", ai + ("fc_out_kernel",), "linear"),
+              Entry(A + f"encoder.trunk.{3 * (n - 1) + 3}.bias", ai + ("fc_out_bias",), "vector"),
+              Entry(A + "norm.weight", ai + ("out_norm_scale",), "vector"),
+              Entry(A + "norm.bias", ai + ("out_norm_bias",), "vector"),
+              Entry("action_out_proj.weight", ("expert", "action_out", "kernel"), "linear"),
+              Entry("action_out_proj.bias", ("expert", "action_out", "bias"), "vector")]
+    return table
+
+
+def _format_key(template: str, i: int) -> str:
+    """`{i}` -> i; `{3i+2}` -> 3 * i + 2 (the action-in trunk interleaves norms and linears)."""
+    def repl(m):
+        a, b = m.group(1), m.group(2)
+        return str((int(a) if a else 1) * i + (int(b) if b else 0))
+
+    return re.sub(r"\{(\d*)i(?:\+(\d+))?\}", repl, template)
+
+
+def _release_canonical(key: str) -> str:
+    if key.startswith("vlm."):
+        return "vlm." + canonical_key(key[len("vlm."):])
+    return key
+
+
+def load_ar1(checkpoint_dir, dtype=jnp.float32, strict: bool = True) -> LoadedAR1:
+    """Loads a release-layout Alpamayo-R1 checkpoint (`model_type: alpamayo_r1`)."""
+    from ar1_jax.model.vla import AR1
+
+    checkpoint_dir = pathlib.Path(checkpoint_dir)
+    hf_cfg = json.loads((checkpoint_dir / "config.json").read_text())
+    dtype_name = jnp.dtype(dtype).name
+    cfg = ar1_config_from_hf(hf_cfg, dtype=dtype_name)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: AR1(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    table = {e.ours: e for e in ar1_key_table(cfg)}
+    out, used = [], set()
+    with CheckpointReader(checkpoint_dir) as reader:
+        present = {_release_canonical(k): k for k in reader.keys()}
+        for path, var in nnx.to_flat_state(abstract):
+            path = _path_str(path)
+            entry = table.get(path)
+            if entry is None:
+                raise CheckpointMismatch(f"parameter {'.'.join(path)} has no checkpoint key mapping")
+            shape = tuple(var.get_value().shape)
+            layer_shape = shape[1:] if "i" in entry.hf and "{" in entry.hf else shape
+            stacked = layer_shape != shape
+            keys = [_format_key(entry.hf, i) for i in range(shape[0])] if stacked else [entry.hf]
+            parts = []
+            for key in keys:
+                if key not in present:
+                    raise CheckpointMismatch(f"checkpoint is missing tensor {key!r} (for parameter {'.'.join(path)})")
+                raw = reader.get(present[key])
+                expected = _hf_shape(entry, layer_shape)
+                if entry.kind != "patch" and tuple(raw.shape) != expected:
+                    raise CheckpointMismatch(f"checkpoint tensor {key!r} has shape {tuple(raw.shape)}, expected "
+                                             f"{expected} (parameter {'.'.join(path)})")
+                parts.append(hf_to_ours(entry, raw, layer_shape).astype(dtype_name))
+                used.add(key)
+            value = np.stack(parts) if stacked else parts[0]
+            out.append((path, var.replace(jnp.asarray(value))))
+        buffers = {k: np.array(reader.get(present[k])) for k in BUFFER_KEYS if k in present}
+        used.update(buffers)
+        extra = sorted(k for c, k in present.items() if c not in used and not (
+            c == "vlm.lm_head.weight" and cfg.model.text.tie_word_embeddings))
+    if extra and strict:
+        raise CheckpointMismatch(f"checkpoint has {len(extra)} tensor(s) the AR1 model does not use, e.g. {extra[:5]}")
+    return LoadedAR1(_config_with_buffers(cfg, buffers), graphdef, nnx.from_flat_state(out), buffers, hf_cfg)
+
+
+def _config_with_buffers(cfg, buffers: dict):
+    """Uses the checkpoint's own frequency and normalisation buffers, when it has them."""
+    freq_keys = [k for k in buffers if k.endswith(".freqs")]
+    if freq_keys:
+        values = [tuple(np.asarray(buffers[k], np.float32).reshape(-1).tolist()) for k in freq_keys]
+        if any(v != values[0] for v in values) or len(values[0]) != cfg.expert.num_frequencies:
+            raise CheckpointMismatch(f"checkpoint frequency buffers {freq_keys} disagree with each other or with "
+                                     f"num_frequencies={cfg.expert.num_frequencies}: {values}")
+        cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, frequencies=values[0]))
+    stats = {k.split(".")[-1]: float(np.asarray(v, np.float32)) for k, v in buffers.items()
+             if k.startswith("action_space.")}
+    if stats:
+        cfg = dataclasses.replace(cfg, action=dataclasses.replace(cfg.action, **stats))
+    return cfg.validate()
+
+
+def export_ar1(model: LoadedAR1, out_dir, max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
+    """Writes a release-layout checkpoint: the same names (`vlm.` + the VLM family's hub layout,
+    `expert.*`, `action_in_proj.*`, `action_out_proj.*`, and any buffers the source had)."""
+    cfg = model.cfg
+    flat = {_path_str(p): v.get_value() for p, v in nnx.to_flat_state(model.params)}
+    v = cfg.model.vision
+    conv_shape = (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+    groups: dict[str, list[Entry]] = {}
+    for e in ar1_key_table(cfg):
+        groups.setdefault(e.hf, []).append(e)
+
+    def tensors():
+        for template, entries in groups.items():
+            entries = sorted(entries, key=lambda e: e.chunk or (0, 1))
+            arrays = [flat[e.ours] for e in entries]
+            stacked = "{" in template
+            for i in range(arrays[0].shape[0] if stacked else 1):
+                parts = [ours_to_hf(e, np.asarray(jax.device_get(a[i] if stacked else a)), conv_shape)
+                         for e, a in zip(entries, arrays)]
+                key = _format_key(template, i)
+                if key.startswith("vlm."):
+                    key = "vlm." + hub_key(key[len("vlm."):], "qwen3_vl")
+                yield key, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        yield from model.buffers.items()
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(out_dir, tensors(), max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(model.hf_config, indent=2))
     return out_dir

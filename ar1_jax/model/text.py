@@ -22,7 +22,7 @@ from ar1_jax.config import TextConfig
 from ar1_jax.model import attention as attn_lib
 from ar1_jax.model import rope
 from ar1_jax.model.kv_cache import KVCache
-from ar1_jax.model.layers import activation, dense, make_param, remat_policy, rms_norm
+from ar1_jax.model.layers import dense, make_param, remat_policy, rms_norm
 from ar1_jax.parallel.rules import shard_activation
 
 
@@ -34,41 +34,72 @@ class Params(nnx.Module):
             setattr(self, name, child)
 
 
+def make_layer_params(rngs: nnx.Rngs, cfg: TextConfig, param_dtype=jnp.float32) -> Params:
+    """Stacked parameters `[L, ...]` of `cfg.num_layers` decoder layers (Qwen2.5 or Qwen3 style)."""
+    L, E, H, K, D, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                        cfg.intermediate_size)
+    p = functools.partial(make_param, rngs, dtype=param_dtype)
+    attn = dict(
+        q_kernel=p((L, E, H, D), ("layers", "embed", "heads", "head_dim")),
+        k_kernel=p((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim")),
+        v_kernel=p((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim")),
+        o_kernel=p((L, H, D, E), ("layers", "heads", "head_dim", "embed")),
+    )
+    if cfg.qkv_bias:
+        attn.update(
+            q_bias=p((L, H, D), ("layers", "heads", "head_dim"), init="zeros"),
+            k_bias=p((L, K, D), ("layers", "kv_heads", "head_dim"), init="zeros"),
+            v_bias=p((L, K, D), ("layers", "kv_heads", "head_dim"), init="zeros"),
+        )
+    if cfg.qk_norm:
+        attn.update(q_norm=p((L, D), ("layers", "norm"), init="ones"),
+                    k_norm=p((L, D), ("layers", "norm"), init="ones"))
+    return Params(
+        input_norm=p((L, E), ("layers", "norm"), init="ones"),
+        post_attn_norm=p((L, E), ("layers", "norm"), init="ones"),
+        attn=Params(**attn),
+        mlp=Params(
+            gate_kernel=p((L, E, F), ("layers", "embed", "mlp")),
+            up_kernel=p((L, E, F), ("layers", "embed", "mlp")),
+            down_kernel=p((L, F, E), ("layers", "mlp", "embed")),
+        ),
+    )
+
+
 class TextDecoder(nnx.Module):
     def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.cfg = cfg
-        L, E, H, K, D, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                               cfg.intermediate_size, cfg.vocab_size)
         p = functools.partial(make_param, rngs, dtype=param_dtype)
-        attn = dict(
-            q_kernel=p((L, E, H, D), ("layers", "embed", "heads", "head_dim")),
-            k_kernel=p((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim")),
-            v_kernel=p((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim")),
-            o_kernel=p((L, H, D, E), ("layers", "heads", "head_dim", "embed")),
-        )
-        if cfg.qkv_bias:
-            attn.update(
-                q_bias=p((L, H, D), ("layers", "heads", "head_dim"), init="zeros"),
-                k_bias=p((L, K, D), ("layers", "kv_heads", "head_dim"), init="zeros"),
-                v_bias=p((L, K, D), ("layers", "kv_heads", "head_dim"), init="zeros"),
-            )
-        if cfg.qk_norm:
-            attn.update(q_norm=p((L, D), ("layers", "norm"), init="ones"),
-                        k_norm=p((L, D), ("layers", "norm"), init="ones"))
-        self.embed = p((V, E), ("vocab", "embed"))
-        self.layers = Params(
-            input_norm=p((L, E), ("layers", "norm"), init="ones"),
-            post_attn_norm=p((L, E), ("layers", "norm"), init="ones"),
-            attn=Params(**attn),
-            mlp=Params(
-                gate_kernel=p((L, E, F), ("layers", "embed", "mlp")),
-                up_kernel=p((L, E, F), ("layers", "embed", "mlp")),
-                down_kernel=p((L, F, E), ("layers", "mlp", "embed")),
-            ),
-        )
-        self.final_norm = p((E,), ("norm",), init="ones")
+        self.embed = p((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.layers = make_layer_params(rngs, cfg, param_dtype)
+        self.final_norm = p((cfg.hidden_size,), ("norm",), init="ones")
         if not cfg.tie_word_embeddings:
-            self.lm_head = p((E, V), ("embed", "vocab"))
+            self.lm_head = p((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+
+def attention_inputs(lp: dict, cfg: TextConfig, x, cos, sin):
+    """Pre-norm, q/k/v projections (+ q/k RMSNorm for Qwen3) and rotary: q `[B, T, H, D]`, k and v
+    `[B, T, K, D]`."""
+    a = lp["attn"]
+    h = rms_norm(x, lp["input_norm"], cfg.rms_norm_eps)
+    q = shard_activation(dense(h, a["q_kernel"], a.get("q_bias")), ("batch", "seq", "heads", "head_dim"))
+    k = shard_activation(dense(h, a["k_kernel"], a.get("k_bias")), ("batch", "seq", "kv_heads", "head_dim"))
+    v = shard_activation(dense(h, a["v_kernel"], a.get("v_bias")), ("batch", "seq", "kv_heads", "head_dim"))
+    if cfg.qk_norm:
+        q = rms_norm(q, a["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, a["k_norm"], cfg.rms_norm_eps)
+    return rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin), v
+
+
+def attention_output_and_mlp(lp: dict, cfg: TextConfig, x, o):
+    """Output projection of the attention `o [B, T, H, D]` into the residual, then the SwiGLU MLP."""
+    x = x + jnp.einsum("bthd,hde->bte", o, lp["attn"]["o_kernel"].astype(x.dtype))
+    x = shard_activation(x, ("batch", "seq", "embed"))
+    m = lp["mlp"]
+    h = rms_norm(x, lp["post_attn_norm"], cfg.rms_norm_eps)
+    hidden = shard_activation(jax.nn.silu(dense(h, m["gate_kernel"])) * dense(h, m["up_kernel"]),
+                              ("batch", "seq", "mlp"))
+    return shard_activation(x + dense(hidden, m["down_kernel"]), ("batch", "seq", "embed"))
 
 
 def embed_tokens(params: dict, input_ids: Int[Array, "B T"], dtype) -> Float[Array, "B T E"]:
@@ -121,19 +152,8 @@ def decode_layers(
         new_valid = jax.lax.dynamic_update_slice(cache.valid, kv_valid, (0, cache.length))
         attend_kwargs = dict(q_slots=q_slots, kv_slots=kv_slots, kv_valid=new_valid)
 
-    act = activation("silu")
-
     def layer(x, lp, layer_idx, k_cache, v_cache):
-        a = lp["attn"]
-        h = rms_norm(x, lp["input_norm"], cfg.rms_norm_eps)
-        q = shard_activation(dense(h, a["q_kernel"], a.get("q_bias")), ("batch", "seq", "heads", "head_dim"))
-        k = shard_activation(dense(h, a["k_kernel"], a.get("k_bias")), ("batch", "seq", "kv_heads", "head_dim"))
-        v = shard_activation(dense(h, a["v_kernel"], a.get("v_bias")), ("batch", "seq", "kv_heads", "head_dim"))
-        if cfg.qk_norm:
-            q = rms_norm(q, a["q_norm"], cfg.rms_norm_eps)
-            k = rms_norm(k, a["k_norm"], cfg.rms_norm_eps)
-        q = rope.apply_rotary(q, cos, sin)
-        k = rope.apply_rotary(k, cos, sin)
+        q, k, v = attention_inputs(lp, cfg, x, cos, sin)
         if k_cache is not None:
             k_layer = jax.lax.dynamic_update_slice(k_cache[layer_idx], k.astype(k_cache.dtype), (0, cache.length, 0, 0))
             v_layer = jax.lax.dynamic_update_slice(v_cache[layer_idx], v.astype(v_cache.dtype), (0, cache.length, 0, 0))
@@ -141,12 +161,7 @@ def decode_layers(
             v_cache = jax.lax.dynamic_update_index_in_dim(v_cache, v_layer, layer_idx, 0)
             k, v = k_layer.astype(x.dtype), v_layer.astype(x.dtype)
         o = attn_lib.attention(q, k, v, causal=True, window=cfg.sliding_window, impl=impl, **attend_kwargs)
-        x = x + jnp.einsum("bthd,hde->bte", o, a["o_kernel"].astype(x.dtype))
-        x = shard_activation(x, ("batch", "seq", "embed"))
-        m = lp["mlp"]
-        h = rms_norm(x, lp["post_attn_norm"], cfg.rms_norm_eps)
-        hidden = shard_activation(act(dense(h, m["gate_kernel"])) * dense(h, m["up_kernel"]), ("batch", "seq", "mlp"))
-        x = shard_activation(x + dense(hidden, m["down_kernel"]), ("batch", "seq", "embed"))
+        x = attention_output_and_mlp(lp, cfg, x, o)
         if n_deep:
             feat = jax.lax.dynamic_index_in_dim(deepstack, jnp.minimum(layer_idx, n_deep - 1), 0, keepdims=False)
             x = x + jnp.where(layer_idx < n_deep, feat.astype(x.dtype), jnp.zeros_like(x))

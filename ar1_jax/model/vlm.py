@@ -34,21 +34,34 @@ class VLM(nnx.Module):
         self.text = text.TextDecoder(cfg.text, rngs=rngs, param_dtype=param_dtype)
 
 
-def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None, *, dtype, impl: str):
+def encode_media(params: dict, cfg: VLMConfig, media: dict | None, *, dtype, impl: str) -> dict:
+    """Runs the vision tower: `{kind: (tokens [N, E], deepstack [n_deep, N, E] or None)}`."""
+    out = {}
+    for kind in ("image", "video"):
+        if media and kind in media:
+            out[kind] = vision.vision_forward(params["vision"], cfg.vision, media[kind]["pixel_values"],
+                                              media[kind]["layout"], dtype=dtype, impl=impl)
+    return out
+
+
+def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None, *, dtype, impl: str,
+                     encoded: dict | None = None):
     """Token embeddings with image/video features written over their placeholder tokens.
 
-    `media` holds per kind (`image`, `video`) a dict `{pixel_values, layout}`; features replace the
-    placeholder tokens in row-major order (as HF's `masked_scatter`). Returns the embeddings
-    `[B, T, E]` and the DeepStack features spread over the sequence `[n_deep, B, T, E]` (or None).
+    `media` holds per kind (`image`, `video`) a dict `{pixel_values, layout}` (or pass the tower's
+    output as `encoded`); features replace the placeholder tokens in row-major order (as HF's
+    `masked_scatter`). Returns the embeddings `[B, T, E]` and the DeepStack features spread over the
+    sequence `[n_deep, B, T, E]` (or None).
     """
+    if encoded is None:
+        encoded = encode_media(params, cfg, media, dtype=dtype, impl=impl)
     x = text.embed_tokens(params["text"], input_ids, dtype)
     b, t, e = x.shape
     deep_dense = None
     for kind, token_id in (("image", cfg.image_token_id), ("video", cfg.video_token_id)):
-        if not media or kind not in media:
+        if kind not in encoded:
             continue
-        feats, deep = vision.vision_forward(params["vision"], cfg.vision, media[kind]["pixel_values"],
-                                            media[kind]["layout"], dtype=dtype, impl=impl)
+        feats, deep = encoded[kind]
         (idx,) = jnp.nonzero((input_ids == token_id).reshape(-1), size=feats.shape[0], fill_value=b * t)
         x = x.reshape(b * t, e).at[idx].set(feats.astype(dtype), mode="drop").reshape(b, t, e)
         if deep is not None:
@@ -60,10 +73,12 @@ def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None
     return x, deep_dense
 
 
-def vlm_forward(params: dict, cfg: VLMConfig, input_ids, positions, *, kv_valid=None, media=None, cache=None):
+def vlm_forward(params: dict, cfg: VLMConfig, input_ids, positions, *, kv_valid=None, media=None, cache=None,
+                encoded=None):
     """Logits `[B, T, V]` (float32) and the updated cache (None without one)."""
     dtype = dtype_of(cfg.dtype)
-    x, deep = embed_multimodal(params, cfg, input_ids, media, dtype=dtype, impl=cfg.attention_impl)
+    x, deep = embed_multimodal(params, cfg, input_ids, media, dtype=dtype, impl=cfg.attention_impl,
+                               encoded=encoded)
     h, cache = text.decode_layers(params["text"], cfg.text, x, positions, kv_valid=kv_valid, cache=cache,
                                   deepstack=deep, impl=cfg.attention_impl)
     return text.lm_logits(params["text"], cfg.text, h), cache

@@ -29,7 +29,7 @@ MeshAxes = Union[str, tuple[str, ...], None]
 RuleTable = tuple[tuple[str, MeshAxes], ...]
 
 _REPLICATED: RuleTable = tuple(
-    (name, None) for name in ("layers", "head_dim", "seq", "cache_seq", "norm", "pos", "patch"))
+    (name, None) for name in ("layers", "head_dim", "seq", "cache_seq", "norm", "pos", "patch", "features"))
 
 RULE_TABLES: dict[str, RuleTable] = {
     # FSDP over `fsdp` (params' embed dim) + tensor parallelism over `tensor` (heads, mlp, vocab).

@@ -1,0 +1,219 @@
+"""Compiled AR1 inference: vision + prefill, reasoning decode, flow denoising, trajectory.
+
+    engine = Engine(cfg, params, tokenizer)
+    result = engine.run(prompt_ids, pixel_values, image_grid_thw, v0=v0, seed=0)
+    result.text, result.decisions, result.trajectory  # [B, K, 64, 2] metres, ego frame at t0
+    result.timing                                     # seconds: vision, prefill, decode, denoise, ...
+
+Stages, each one compiled function (shapes fixed by the prompt bucket, so a second scene of the same
+bucket never recompiles):
+  1. vision: the ViT over all camera frames;
+  2. prefill: the prompt into a KV cache of `T + max_reasoning_tokens` slots;
+  3. decode: the K samples of a scene share the prefilled prompt (the cache is tiled K times, not
+     recomputed); each decodes its own reasoning in a `lax.while_loop` (greedy or temperature +
+     top-p; trajectory tokens masked out of the logits) until every sample has fed
+     `<|traj_future_start|>` into the cache (the release's "stop one token after"); a sample that
+     never emits it within the budget has it forced at the last step (reported as `forced`);
+  4. denoise: Euler flow matching of the action expert over each sample's cached prefix;
+  5. trajectory: controls de-normalised and integrated with the unicycle model from v0.
+Each stage is timed separately with `block_until_ready`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ar1_jax.action import flow, unicycle
+from ar1_jax.config import Config
+from ar1_jax.infer import sampling
+from ar1_jax.model import kv_cache as kv_lib
+from ar1_jax.model import rope, vision
+from ar1_jax.model.expert import expert_velocity
+from ar1_jax.model.layers import dtype_of
+from ar1_jax.model.vla import prefix_mask
+from ar1_jax.model.vlm import encode_media, vlm_forward
+
+
+@dataclasses.dataclass
+class InferenceResult:
+    text: list[list[str]]  # [B][K] reasoning text
+    decisions: list[list[Any]]  # [B][K] parsed CoC decisions (ar1_jax.text.coc.parse results) or None
+    trajectory: np.ndarray  # [B, K, 64, 2] metres, ego frame at t0
+    controls: np.ndarray  # [B, K, 64, 2] (acceleration m/s^2, curvature 1/m)
+    reasoning_ids: np.ndarray  # [B, K, R] generated ids (prefix up to <|traj_future_start|> is meaningful)
+    num_reasoning_tokens: np.ndarray  # [B, K] tokens before <|traj_future_start|>
+    forced: np.ndarray  # [B, K] True where <|traj_future_start|> had to be forced
+    timing: dict[str, float]
+
+
+class Engine:
+    """Holds an AR1 config + parameters and runs scenes through the compiled stages."""
+
+    def __init__(self, cfg: Config, params: dict, tokenizer=None):
+        if not cfg.is_vla:
+            raise ValueError(f"config {cfg.name!r} has no action expert")
+        self.cfg = cfg
+        self.params = params
+        self.tokenizer = tokenizer
+        self.dtype = dtype_of(cfg.model.dtype)
+        self._vision = jax.jit(self._vision_impl)
+        self._prefill = jax.jit(self._prefill_impl)
+        self._decode = jax.jit(self._decode_impl, static_argnames=("num_samples",))
+        self._denoise = jax.jit(self._denoise_impl)
+        self._trajectory = jax.jit(self._trajectory_impl)
+
+    # ---- compiled stages -------------------------------------------------------------------------
+    def _vision_impl(self, params, media):
+        return encode_media(params, self.cfg.model, media, dtype=self.dtype, impl=self.cfg.model.attention_impl)
+
+    def _prefill_impl(self, params, input_ids, positions, kv_valid, encoded, next_position):
+        tc = self.cfg.model.text
+        b, t = input_ids.shape
+        cache = kv_lib.init_cache(tc.num_layers, b, t + self.cfg.infer.max_reasoning_tokens, tc.num_kv_heads,
+                                  tc.head_dim, self.dtype)
+        logits, cache = vlm_forward(params, self.cfg.model, input_ids, positions, kv_valid=kv_valid, cache=cache,
+                                    encoded=encoded)
+        return logits[:, -1], cache.replace(next_position=next_position)
+
+    def _decode_impl(self, params, cache, last_logits, key, *, num_samples):
+        cfg, ic, tk = self.cfg, self.cfg.infer, self.cfg.tokens
+        tile = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
+        cache = cache.replace(k=tile(cache.k, 1), v=tile(cache.v, 1), valid=tile(cache.valid, 0),
+                              next_position=tile(cache.next_position, 0))
+        n = cache.valid.shape[0]
+        budget = ic.max_reasoning_tokens
+        traj_stop = tk.traj_token_offset + cfg.action.future_bins + cfg.action.history_bins
+
+        def draw(logits, key):
+            logits = sampling.ban_range(logits, tk.traj_token_offset, traj_stop)
+            return sampling.sample(logits, key, temperature=ic.temperature, top_p=ic.top_p)
+
+        key, sub = jax.random.split(key)
+        first = draw(tile(last_logits, 0), sub)
+        state = dict(step=jnp.int32(0), token=first, tokens=jnp.zeros((n, budget), jnp.int32), cache=cache,
+                     fs_slot=jnp.full((n,), -1, jnp.int32), fs_pos=jnp.zeros((n,), jnp.int32),
+                     forced=jnp.zeros((n,), bool), key=key)
+
+        def cond(s):
+            return (s["step"] < budget) & jnp.any(s["fs_slot"] < 0)
+
+        def body(s):
+            c = s["cache"]
+            must_force = (s["step"] == budget - 1) & (s["fs_slot"] < 0) & (s["token"] != tk.traj_future_start_id)
+            tok = jnp.where(must_force, tk.traj_future_start_id, s["token"])
+            is_fs = (tok == tk.traj_future_start_id) & (s["fs_slot"] < 0)
+            fs_slot = jnp.where(is_fs, c.length, s["fs_slot"])
+            fs_pos = jnp.where(is_fs, c.next_position, s["fs_pos"])
+            pos = jnp.broadcast_to(c.next_position[None, :, None], (3, n, 1))
+            logits, c = vlm_forward(params, cfg.model, tok[:, None], pos, kv_valid=jnp.ones((n, 1), bool), cache=c)
+            c = c.replace(next_position=c.next_position + 1)
+            key, sub = jax.random.split(s["key"])
+            return dict(step=s["step"] + 1, token=draw(logits[:, -1], sub), tokens=s["tokens"].at[:, s["step"]].set(tok),
+                        cache=c, fs_slot=fs_slot, fs_pos=fs_pos, forced=s["forced"] | must_force, key=key)
+
+        s = jax.lax.while_loop(cond, body, state)
+        return s["tokens"], s["step"], s["fs_slot"], s["fs_pos"], s["forced"], s["cache"]
+
+    def _denoise_impl(self, params, cache, fs_slot, fs_pos, key):
+        cfg = self.cfg
+        n = fs_slot.shape[0]
+        valid = prefix_mask(cache.valid, fs_slot)
+
+        def velocity(x_t, t):
+            return expert_velocity(params["expert"], cfg, x_t, jnp.broadcast_to(t, (n,)), cache.k, cache.v, valid,
+                                   fs_pos + 1, dtype=self.dtype, impl=cfg.model.attention_impl)
+
+        return flow.euler_sample(velocity, (n, cfg.action.horizon, 2), key, cfg.infer.flow_steps, jnp.float32)
+
+    def _trajectory_impl(self, controls_norm, v0):
+        controls = unicycle.denormalize(controls_norm, self.cfg.action)
+        return unicycle.integrate(controls, v0, dt=self.cfg.action.dt).xy, controls
+
+    # ---- host side -------------------------------------------------------------------------------
+    def prepare(self, prompt_ids, pixel_values, image_grid_thw, attention_mask=None) -> dict:
+        """Host arrays for one bucket: positions (M-RoPE), padding mask, vision layout."""
+        mc = self.cfg.model
+        ids = np.asarray(prompt_ids, np.int32)
+        ids = ids[None] if ids.ndim == 1 else ids
+        mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask, bool)
+        grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+        n_img = int(((ids == mc.image_token_id) & mask).sum())
+        if n_img * mc.vision.spatial_merge_size ** 2 != int(grid.prod(-1).sum()):
+            raise ValueError(f"prompt holds {n_img} image tokens but image_grid_thw {grid.tolist()} needs "
+                             f"{int(grid.prod(-1).sum()) // mc.vision.spatial_merge_size ** 2}")
+        positions, deltas = rope.get_rope_index(ids, family=mc.family, image_token_id=mc.image_token_id,
+                                                video_token_id=mc.video_token_id,
+                                                spatial_merge_size=mc.vision.spatial_merge_size,
+                                                image_grid_thw=grid, attention_mask=mask)
+        media = {"image": {"pixel_values": np.asarray(pixel_values, np.float32),
+                           "layout": vision.vision_layout(mc.vision, grid)}}
+        return dict(input_ids=ids, positions=positions, kv_valid=mask, media=media,
+                    next_position=(mask.sum(-1) + deltas).astype(np.int32))
+
+    def run(self, prompt_ids, pixel_values, image_grid_thw, *, v0, seed: int = 0, num_samples: int | None = None,
+            attention_mask=None) -> InferenceResult:
+        """Runs one bucket of B scenes (prompts `[B, T]` or `[T]`) with K samples each; v0 `[B]` m/s."""
+        k = num_samples or self.cfg.infer.num_samples
+        x = self.prepare(prompt_ids, pixel_values, image_grid_thw, attention_mask)
+        b = x["input_ids"].shape[0]
+        key_decode, key_noise = jax.random.split(jax.random.key(seed))
+        timing = {}
+
+        def timed(name, fn, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(*args, **kwargs))
+            timing[name] = time.perf_counter() - t0
+            return out
+
+        t_start = time.perf_counter()
+        encoded = timed("vision", self._vision, self.params, x["media"])
+        last_logits, cache = timed("prefill", self._prefill, self.params, x["input_ids"], x["positions"],
+                                   x["kv_valid"], encoded, x["next_position"])
+        tokens, steps, fs_slot, fs_pos, forced, cache = timed("decode", self._decode, self.params, cache, last_logits,
+                                                              key_decode, num_samples=k)
+        controls_norm = timed("denoise", self._denoise, self.params, cache, fs_slot, fs_pos, key_noise)
+        v0 = jnp.repeat(jnp.broadcast_to(jnp.asarray(v0, jnp.float32), (b,)), k)
+        xy, controls = timed("trajectory", self._trajectory, controls_norm, v0)
+        timing["total"] = time.perf_counter() - t_start
+        steps = int(steps)
+        timing["decode_steps"] = steps
+        timing["decode_per_token"] = timing["decode"] / max(steps, 1)
+
+        tokens = np.asarray(tokens).reshape(b, k, -1)
+        fs_tok = self.cfg.tokens.traj_future_start_id
+        n_reason = np.array([[int(np.argmax(r == fs_tok)) if (r == fs_tok).any() else r.shape[0] for r in row]
+                             for row in tokens])
+        texts, decisions = self._texts(tokens, n_reason)
+        return InferenceResult(text=texts, decisions=decisions, trajectory=np.asarray(xy).reshape(b, k, -1, 2),
+                               controls=np.asarray(controls).reshape(b, k, -1, 2), reasoning_ids=tokens,
+                               num_reasoning_tokens=n_reason, forced=np.asarray(forced).reshape(b, k), timing=timing)
+
+    def _texts(self, tokens, n_reason):
+        if self.tokenizer is None:
+            return [[""] * tokens.shape[1] for _ in range(tokens.shape[0])], \
+                   [[None] * tokens.shape[1] for _ in range(tokens.shape[0])]
+        from ar1_jax.text import coc
+
+        texts, decisions = [], []
+        for row, counts in zip(tokens, n_reason):
+            t_row, d_row = [], []
+            for ids, n in zip(row, counts):
+                ids = [int(i) for i in ids[:n] if int(i) != self.cfg.tokens.cot_end_id]
+                text = self.tokenizer.decode(ids, skip_unknown=True)
+                t_row.append(text)
+                d_row.append(coc.parse(text))
+            texts.append(t_row)
+            decisions.append(d_row)
+        return texts, decisions
+
+    def compiled_counts(self) -> dict[str, int]:
+        """How many programs each stage has compiled (a new bucket adds one; a new scene must not)."""
+        return {name: fn._cache_size() for name, fn in (("vision", self._vision), ("prefill", self._prefill),
+                                                       ("decode", self._decode), ("denoise", self._denoise),
+                                                       ("trajectory", self._trajectory))}

@@ -1,0 +1,56 @@
+"""Shared helpers for AR1 tests: a tiny tokenizer matching `ar1_tiny`'s layout, random scenes."""
+
+import functools
+import tempfile
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ar1_jax.config import get_config
+from ar1_jax.data import images as image_lib
+from ar1_jax.model.vla import AR1
+from ar1_jax.text import corpus
+from ar1_jax.text import tokenizer as tok_lib
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer(base_vocab: int = 512) -> tok_lib.Tokenizer:
+    """A sentencepiece tokenizer with `base_vocab` pieces trained on CoC sentences (ar1_tiny's layout)."""
+    return corpus.default_tokenizer(base_vocab, tempfile.mkdtemp())
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_ar1(seed: int = 0):
+    cfg = get_config("ar1_tiny")
+    graphdef, params = nnx.split(AR1(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
+    return cfg, nnx.to_pure_dict(params)
+
+
+def random_frames(cfg, rng) -> list[np.ndarray]:
+    s = cfg.scene
+    return [rng.integers(0, 256, (s.image_height, s.image_width, 3), dtype=np.uint8)
+            for _ in range(s.num_cameras * s.num_frames)]
+
+
+def scene_inputs(cfg, tok, rng, *, cot=None, future_bins=None, frames=None):
+    """(ids, segments, pixel_values, grid) of one scene; a generation prompt unless `cot` is given."""
+    frames = frames if frames is not None else random_frames(cfg, rng)
+    v = cfg.model.vision
+    pv, grid = image_lib.preprocess_images(frames, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                                           temporal_patch_size=v.temporal_patch_size,
+                                           size=(cfg.scene.image_height, cfg.scene.image_width),
+                                           mean=cfg.scene.image_mean, std=cfg.scene.image_std)
+    counts = [image_lib.image_token_count(g, v.spatial_merge_size) for g in grid]
+    ids, seg = tok_lib.build_prompt(tok, num_images=len(frames), image_token_counts=counts,
+                                    history_token_ids=rng.integers(0, 1000, 48).tolist(), cot=cot,
+                                    include_future_start=cot is not None, future_token_ids=future_bins)
+    return ids, seg, pv, grid
+
+
+def check_layout(cfg, tok):
+    assert tok.traj_token_offset == cfg.tokens.traj_token_offset
+    assert tok.id_of("<|traj_future_start|>") == cfg.tokens.traj_future_start_id
+    assert tok.image_token_id == cfg.model.image_token_id
+    assert tok.vocab_size == cfg.model.text.vocab_size
+    jax.config.update("jax_threefry_partitionable", True)
