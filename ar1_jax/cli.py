@@ -31,7 +31,7 @@ ARRIVES_WITH = {
     "rl": "a later issue: RL with GRPO",
     "eval": "a later issue: evaluation metrics and closed-loop simulator",
     "infer": "a later issue: compiled inference engine",
-    "kernels_bench": "issue 5: Pallas kernels",
+    "kernels_bench": "the kernels benchmark, ar1_jax.bench.kernels",
     "compile_bench": "the compile-time benchmark, ar1_jax.bench.compile_time",
     "vlm": "the VLM backbone, ar1_jax.model.vlm",
     "convert": "the HF converter, ar1_jax.convert.hf",
@@ -174,6 +174,63 @@ def _not_yet(command: str) -> Callable[[argparse.Namespace], int]:
         raise NotAvailable(command, ARRIVES_WITH[command])
 
     return handler
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config, args.overrides)
+    if args.num_scenes <= 0:
+        raise CLIError(f"--num-scenes: expected a positive count, got {args.num_scenes}")
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise CLIError(f"--test-fraction: expected a value in [0, 1), got {args.test_fraction}")
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "dataset_info.json").exists() and args.overwrite):
+        what = "already holds a dataset (add --overwrite)" if (out / "dataset_info.json").exists() else \
+            "is a non-empty directory that is not a dataset"
+        raise CLIError(f"--out {out}: {what}")
+    from ar1_jax.data import tfds_builder
+
+    name, generate = tfds_builder.record_source(cfg)
+    if generate is tfds_builder.random_records:
+        print("warning: ar1_jax.data.synthetic.generate_records is not available; writing random_records "
+              "(random frames, plausible motion: exercises the pipeline, teaches no driving)", file=sys.stderr)
+    s = cfg.scene
+    print(f"{args.num_scenes} scenes from {name} (seed {args.seed}, config {cfg.name}: {s.num_cameras} cameras x "
+          f"{s.num_frames} frames of {s.image_height}x{s.image_width}) -> {out}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        tfds_builder.write_dataset(out, generate(args.num_scenes, args.seed, cfg), args.num_scenes,
+                                   test_fraction=args.test_fraction, overwrite=args.overwrite,
+                                   metadata=dict(generator=name, seed=args.seed, config=cfg.name,
+                                                 num_cameras=s.num_cameras, num_frames=s.num_frames,
+                                                 image_height=s.image_height, image_width=s.image_width))
+    except tfds_builder.RecordError as e:
+        raise CLIError(f"the generator produced a bad record: {e}", EXIT_FAILED) from None
+    info = json.loads((out / "metadata.json").read_text())
+    counts = info.get("split_counts", {})
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    print(f"wrote {out}: {', '.join(f'{k} {v}' for k, v in counts.items())} scenes, {size / 2**20:.1f} MiB "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
+def cmd_data_pai(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config, args.overrides)
+    from ar1_jax.data import pai, tfds_builder
+
+    t0 = time.perf_counter()
+    try:
+        out = pai.convert_clips(args.clip_dirs, args.out, cfg, stride_s=args.stride, t0_us=args.t0_us,
+                                test_fraction=args.test_fraction, overwrite=args.overwrite)
+    except (pai.PAIError, tfds_builder.RecordError) as e:
+        raise CLIError(str(e)) from None
+    except ValueError as e:  # write_dataset: an existing dataset, a bad fraction
+        raise CLIError(f"--out {args.out}: {e}") from None
+    counts = json.loads((out / "metadata.json").read_text()).get("split_counts", {})
+    print(f"wrote {out}: {', '.join(f'{k} {v}' for k, v in counts.items())} scenes from {len(args.clip_dirs)} clip(s) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -350,6 +407,18 @@ def _run_compile_bench(compile_time, cfg, layers, out: pathlib.Path) -> int:
     return EXIT_OK
 
 
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    kernels = _import_optional("ar1_jax.bench.kernels", "bench kernels", ARRIVES_WITH["kernels_bench"])
+    return _run_kernels_bench(kernels, pathlib.Path(args.out), args.dtype, args.quick)
+
+
+def _run_kernels_bench(kernels, out: pathlib.Path, dtype: str, quick: bool, passes=None) -> int:
+    print(f"kernels: Pallas vs XLA (and cuDNN on a GPU), dtype {dtype}{', quick' if quick else ''} -> {out}",
+          flush=True)
+    kernels.run(out, dtype=dtype, quick=quick, passes=passes)
+    return EXIT_OK
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     cfg = _load_config(args.config, args.overrides)
@@ -365,7 +434,13 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
         _run_compile_bench(compile_time, cfg, layers, out / "compile")
         ran += 1
     print("[2/2] kernels")
-    print(f"      kernels: not yet available (arrives with {ARRIVES_WITH['kernels_bench']})")
+    try:
+        kernels = _import_optional("ar1_jax.bench.kernels", "bench kernels", ARRIVES_WITH["kernels_bench"])
+    except NotAvailable:
+        print(f"      kernels: not yet available (arrives with {ARRIVES_WITH['kernels_bench']})")
+    else:
+        _run_kernels_bench(kernels, out / "kernels", args.dtype, args.quick)
+        ran += 1
     if not ran:
         print("ar1 bench all: no benchmark is available yet", file=sys.stderr)
         return EXIT_NOT_AVAILABLE
@@ -402,16 +477,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics["infer"] = {"timing": record["timing"], "num_samples": len(record["samples"])}
     metrics["stages"]["infer"] = "ok"
 
+    print(f"[3/{stages}] synthetic data: 32 long-tail scenes -> TFDS (array_record)")
+    import numpy as np
+
+    from ar1_jax.config import get_config as _get_config
+    from ar1_jax.data import synthetic, tfds_builder
+
+    data_cfg = _get_config("ar1_tiny")
+    t0 = time.perf_counter()
+    records = list(synthetic.generate_records(32, seed, data_cfg))
+    tfds_builder.write_dataset(out / "data", iter(records), len(records), overwrite=True, progress=False)
+    families = sorted({str(r["family"]) for r in records})
+    cv_ade = float(np.mean([synthetic.constant_velocity_ade(r["future_xyz"], float(r["v0"])) for r in records]))
+    print(f"      wrote {out / 'data'} in {time.perf_counter() - t0:.1f} s: {len(families)} families "
+          f"({', '.join(families)}); constant-velocity baseline ADE {cv_ade:.2f} m")
+    metrics["data"] = {"num_scenes": 32, "families": families, "cv_ade_m": round(cv_ade, 3)}
+    metrics["stages"]["data"] = "ok"
+
     later = [
-        ("data", "synthetic data", ARRIVES_WITH["data"]),
         ("sft", "SFT", ARRIVES_WITH["train"]),
         ("rl", "RL", ARRIVES_WITH["rl"]),
         ("eval", "eval", ARRIVES_WITH["eval"]),
-        ("bench", "kernels benchmark", ARRIVES_WITH["kernels_bench"]),
     ]
-    for i, (key, title, arrives) in enumerate(later, start=3):
+    for i, (key, title, arrives) in enumerate(later, start=4):
         print(f"[{i}/{stages}] {title}: not yet available (arrives with {arrives})")
         metrics["stages"][key] = "not yet available"
+
+    print(f"[{stages}/{stages}] kernels benchmark: quick forward-only smoke run (Pallas vs XLA); meaningful numbers "
+          "need a GPU or TPU: `ar1 bench kernels --out DIR`")
+    try:
+        kernels = _import_optional("ar1_jax.bench.kernels", "bench kernels", ARRIVES_WITH["kernels_bench"])
+    except NotAvailable as e:
+        print(f"      {e}")
+        metrics["stages"]["bench"] = "not yet available"
+    else:
+        t0 = time.perf_counter()
+        _run_kernels_bench(kernels, out / "bench", "float32", quick=True, passes=("fwd",))
+        metrics["stages"]["bench"] = "ok"
+        metrics["bench"] = {"kernels_json": str(out / "bench" / "kernels.json"),
+                            "seconds": round(time.perf_counter() - t0, 2)}
 
     path = out / "demo_metrics.json"
     _write_json(path, metrics)
@@ -539,11 +643,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "data", "Generate synthetic driving scenes and build TFDS datasets.",
              "Renders long-tail scenarios (camera frames, ego history, future trajectory, a\n"
-             "Chain-of-Causation trace) into a TFDS directory that the training pipeline reads.\n"
-             f"Not yet available: arrives with {ARRIVES_WITH['data']}.")
-    _add_config_args(p)
-    p.add_argument("--out", metavar="DIR", help="dataset directory to write")
-    p.set_defaults(func=_not_yet("data"))
+             "Chain-of-Causation trace) into a TFDS directory that the training pipeline reads\n"
+             "(set data.dataset_dir to it).")
+    dsub = p.add_subparsers(dest="data_command", metavar="<action>", title="actions")
+    dp = _sub(dsub, "synth", "Write N synthetic scenes as a TFDS dataset directory (train/test splits).",
+              "Scenes come from ar1_jax.data.synthetic.generate_records when that module is present,\n"
+              "else from ar1_jax.data.tfds_builder.random_records (random frames, a plausible motion;\n"
+              "a warning says so). Camera count, frames and image size follow the config's `scene`.\n"
+              "DIR becomes the dataset directory itself (dataset_info.json, array_record files):\n"
+              "tfds.builder_from_directory(DIR).as_data_source('train') reads it, no tensorflow needed.\n"
+              "About 10% of the scenes (by a hash of the scene id) go to the test split.",
+              epilog="example: ar1 data synth --out data/synth --num-scenes 256 --seed 0")
+    _add_config_args(dp, default="ar1_tiny")
+    dp.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    dp.add_argument("--num-scenes", type=int, default=256, metavar="N", help="scenes to write (default: 256)")
+    dp.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    dp.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                    help="share of scenes in the test split (default: 0.1)")
+    dp.add_argument("--overwrite", action="store_true", help="replace a dataset already in DIR")
+    dp.set_defaults(func=cmd_data_synth)
+    dp = _sub(dsub, "pai", "Convert PhysicalAI-Autonomous-Vehicles clips (frames layout) to a TFDS directory.",
+              "Each CLIP_DIR is one unpacked clip: camera/<cam>/<id>.<cam>.timestamps.parquet with the\n"
+              "frames extracted to <id>.<cam>.frames/NNNNNN.jpg, and labels/egomotion/<id>.egomotion.parquet\n"
+              "(MP4 is not decoded here). The release's 4 cameras, 4 frames at t0-0.3..t0, 16 history and 64\n"
+              "future poses in the t0 frame; see ar1_jax/data/pai.py.",
+              epilog="example: ar1 data pai --out data/pai clips/0a1b... --stride 1.0")
+    _add_config_args(dp, default="ar1_tiny")
+    dp.add_argument("clip_dirs", nargs="+", metavar="CLIP_DIR", help="unpacked clip folders")
+    dp.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    dp.add_argument("--stride", type=float, default=1.0, metavar="S", help="seconds between t0s (default: 1.0)")
+    dp.add_argument("--t0-us", type=int, action="append", default=None, metavar="US",
+                    help="explicit t0 (microseconds), repeatable; e.g. 5100000, the release's default")
+    dp.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                    help="share of scenes in the test split (default: 0.1)")
+    dp.add_argument("--overwrite", action="store_true", help="replace a dataset already in DIR")
+    dp.set_defaults(func=cmd_data_pai)
+    p.set_defaults(func=_print_help(p))
 
     p = _sub(sub, "train", "Supervised fine-tuning (SFT) of the VLA.",
              "Cross-entropy on reasoning and discrete trajectory tokens plus the flow-matching loss\n"
@@ -593,10 +728,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     # bench
-    p = _sub(sub, "bench", "Benchmarks: compile time, (later) kernels and latency.",
+    p = _sub(sub, "bench", "Benchmarks: compile time and attention kernels.",
              "`ar1 bench compile` measures jit compile time of the backbone at several depths\n"
-             "(with scanned layers it should not grow with depth); `ar1 bench all` runs every\n"
-             "benchmark available in this version. Record results in docs/benchmarks.md.")
+             "(with scanned layers it should not grow with depth); `ar1 bench kernels` times the\n"
+             "Pallas attention kernels against XLA and cuDNN; `ar1 bench all` runs every benchmark\n"
+             "available in this version. Record results in docs/benchmarks.md.")
     bsub = p.add_subparsers(dest="bench_command", metavar="<bench>", title="benchmarks")
     bp = _sub(bsub, "compile", "Measure compile time of the backbone at several depths.",
               "Builds the config with each `--layers` value as the decoder depth and times\n"
@@ -607,14 +743,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"decoder depths to compile (default: {BENCH_ALL_LAYERS})")
     bp.add_argument("--out", required=True, metavar="DIR", help="directory for the results")
     bp.set_defaults(func=cmd_bench_compile)
+    bp = _sub(bsub, "kernels", "Time the Pallas attention kernels against XLA and cuDNN.",
+              "flash_attention (prefill, forward and forward+backward), decode_attention (one token\n"
+              "over a KV cache) and denoise_attention (the action expert's 64 queries over the VLM\n"
+              "prefix plus their own keys) against the model's XLA attention and, on a GPU, cuDNN,\n"
+              "over a table of 0.5B and 10B shapes. Prints ms, TFLOP/s, GB/s and the speedups;\n"
+              "writes DIR/kernels.json. Without a GPU or TPU it runs a tiny smoke version in Pallas\n"
+              "interpret mode whose times are NOT meaningful (labelled so).",
+              epilog="example: ar1 bench kernels --out out/bench/kernels --dtype bfloat16")
+    bp.add_argument("--out", required=True, metavar="DIR", help="directory for kernels.json")
+    bp.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="input dtype (default: bfloat16)")
+    bp.add_argument("--quick", action="store_true",
+                    help="tiny shapes and one kernel backend: checks the code paths in seconds")
+    bp.set_defaults(func=cmd_bench_kernels)
     bp = _sub(bsub, "all", "Run every benchmark available in this version.",
               f"Compile time (config {BENCH_ALL_CONFIG!r} and layers {BENCH_ALL_LAYERS} unless told otherwise)\n"
-              "into DIR/compile; the kernels benchmark arrives with issue 5. Exits 3 if no\n"
+              "into DIR/compile and the attention kernels into DIR/kernels. Exits 3 if no\n"
               "benchmark is available yet.")
     _add_config_args(bp, default=BENCH_ALL_CONFIG)
     bp.add_argument("--layers", default=BENCH_ALL_LAYERS, metavar="N,M,...",
                     help=f"decoder depths for the compile-time bench (default: {BENCH_ALL_LAYERS})")
     bp.add_argument("--out", required=True, metavar="DIR", help="directory for the results")
+    bp.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="input dtype of the kernels bench (default: bfloat16)")
+    bp.add_argument("--quick", action="store_true", help="the kernels bench's tiny shapes only")
     bp.set_defaults(func=cmd_bench_all)
     p.set_defaults(func=_print_help(p))
 
@@ -646,8 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     # demo
     p = _sub(sub, "demo", "The tiny end-to-end pipeline on CPU, in seconds.",
              "Loads the `tiny` config, builds the VLM backbone, runs one forward on random text and\n"
-             "one random 56x56 image, and writes DIR/demo_metrics.json. The later stages (synthetic\n"
-             "data, SFT, RL, eval, kernels benchmark) report whether they are available yet.",
+             "one random 56x56 image, runs AR1 inference on a random scene and a quick smoke run of\n"
+             "the kernels benchmark, and writes DIR/demo_metrics.json. The later stages (synthetic\n"
+             "data, SFT, RL, eval) report whether they are available yet.",
              epilog="example: ar1 demo --out out/demo")
     _add_config_args(p, default="tiny")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (default: out/demo)")

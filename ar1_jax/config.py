@@ -20,6 +20,7 @@ from typing import Any
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
+ATTENTION_SITES = ("vision", "decode", "expert")  # call sites with their own attention_impl_<site>
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -143,7 +144,23 @@ class VLMConfig:
     vision_end_token_id: int = 503
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    # Attention backend (xla | pallas | cudnn | auto; see ar1_jax.model.attention) of the decoder's
+    # training forward and prefill, and the default of every call site below.
     attention_impl: str = "xla"
+    # Per call site overrides; "" = use attention_impl. vision: the ViT's segment attention; decode:
+    # decoder steps over a KV cache with at most DECODE_MAX_QUERIES new tokens; expert: the action
+    # expert's attention over the prefix cache and its own tokens.
+    attention_impl_vision: str = ""
+    attention_impl_decode: str = ""
+    attention_impl_expert: str = ""
+
+    def attention_impl_for(self, site: str) -> str:
+        """The attention impl of a call site: "text", "vision", "decode" or "expert"."""
+        if site == "text":
+            return self.attention_impl
+        if site not in ATTENTION_SITES:
+            raise ValueError(f"attention_impl_for: unknown call site {site!r} (text, {', '.join(ATTENTION_SITES)})")
+        return getattr(self, f"attention_impl_{site}") or self.attention_impl
 
     def validate(self, where: str = "model") -> None:
         _check(self.family in FAMILIES, f"{where}.family", f"one of {FAMILIES}", self.family)
@@ -153,6 +170,15 @@ class VLMConfig:
         _check(self.param_dtype in DTYPES, f"{where}.param_dtype", f"one of {DTYPES}", self.param_dtype)
         _check(self.attention_impl in ATTENTION_IMPLS, f"{where}.attention_impl", f"one of {ATTENTION_IMPLS}",
                self.attention_impl)
+        for site in ATTENTION_SITES:
+            value = getattr(self, f"attention_impl_{site}")
+            _check(value in ("",) + ATTENTION_IMPLS, f"{where}.attention_impl_{site}",
+                   f"'' (use attention_impl) or one of {ATTENTION_IMPLS}", value)
+        if self.text.sliding_window is not None:  # the Pallas kernels have no sliding window
+            for site, name in (("text", "attention_impl"), ("decode", "attention_impl_decode")):
+                _check(self.attention_impl_for(site) != "pallas", f"{where}.{name}",
+                       f"not 'pallas' with {where}.text.sliding_window set (no kernel for it; 'auto' falls "
+                       "back to xla)", self.attention_impl_for(site))
         _check(self.vision.out_hidden_size == self.text.hidden_size, f"{where}.vision.out_hidden_size",
                f"equal to {where}.text.hidden_size={self.text.hidden_size}", self.vision.out_hidden_size)
         for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
@@ -285,6 +311,57 @@ class SceneConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The SFT input pipeline (`ar1_jax.data.pipeline`): a TFDS directory -> grain -> global batches.
+
+    `batch_size` is the global batch (all processes together); each process reads
+    `batch_size / process_count` examples from its own shard. A batch is padded to the smallest of
+    `bucket_lengths` that holds its longest sequence (`()`: derived from the model config, see
+    `pipeline.default_buckets`); a record longer than the largest bucket is a bad record. Bad records
+    (corrupt, missing camera, non-finite poses, over-long trace) fail naming the record and field,
+    or with `skip_bad_records` are skipped and counted.
+    """
+
+    dataset_dir: str = ""  # a TFDS dataset directory (dataset_info.json), e.g. `ar1 data synth --out`
+    split: str = "train"
+    batch_size: int = 8
+    bucket_lengths: tuple[int, ...] = ()
+    shuffle: bool = True
+    shuffle_seed: int = 0
+    num_epochs: int = 0  # 0: repeat forever
+    worker_count: int = 0  # grain worker processes; 0 decodes in threads of this process
+    num_threads: int = 2  # decode threads (per worker when worker_count > 0)
+    prefetch: int = 2  # batches decoded ahead
+    skip_bad_records: bool = False
+
+    def validate(self, where: str = "data") -> None:
+        for name in ("batch_size", "num_threads"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{where}.{name}",
+                   "a positive integer", getattr(self, name))
+        for name in ("num_epochs", "worker_count", "prefetch", "shuffle_seed"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{where}.{name}",
+                   "an integer >= 0", getattr(self, name))
+        _check(all(isinstance(n, int) and n > 0 for n in self.bucket_lengths)
+               and list(self.bucket_lengths) == sorted(set(self.bucket_lengths)), f"{where}.bucket_lengths",
+               "increasing positive lengths, or () for the default", self.bucket_lengths)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Procedural scene generator (`ar1_jax.data.synthetic`): scenario families and their long-tail
+    frequencies (normalised when used; checked against the known families there), rendering
+    supersampling per axis, and how many seconds past the trajectory horizon agents and the expert
+    are simulated (for closed-loop replay)."""
+
+    families: tuple[str, ...] = (
+        "lane_follow", "lead_follow", "red_light_stop", "green_light_go", "yield_pedestrian", "jaywalker",
+        "cut_in", "construction_nudge", "stalled_car_lane_change", "turn", "emergency_stop", "pull_over")
+    frequencies: tuple[float, ...] = (0.35, 0.2, 0.08, 0.07, 0.06, 0.04, 0.04, 0.04, 0.04, 0.04, 0.02, 0.02)
+    supersample: int = 2
+    extra_seconds: float = 3.6
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Device mesh: sizes of the `data`, `fsdp` and `tensor` axes; -1 on one axis takes the rest."""
 
@@ -321,6 +398,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     seed: int = 0
 

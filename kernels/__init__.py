@@ -7,11 +7,14 @@ a lazy `__getattr__` would be shadowed by the submodule of the same name once an
 """
 
 from ar1_jax.kernels.decode_attention import decode_attention, decode_attention_reference
+from ar1_jax.kernels.denoise_attention import denoise_attention, denoise_attention_reference
 from ar1_jax.kernels.flash_attention import flash_attention, flash_attention_reference
 
 __all__ = [
     "decode_attention",
     "decode_attention_reference",
+    "denoise_attention",
+    "denoise_attention_reference",
     "flash_attention",
     "flash_attention_reference",
 ]

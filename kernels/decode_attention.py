@@ -3,10 +3,13 @@
 `decode_attention(q, k_cache, v_cache, lengths)`: q `[B, Tq, H, D]` holds the Tq (1..few) newest
 tokens of each sequence, whose keys / values are already written to the cache `[B, S, Hkv, D]`;
 `lengths [B]` is the valid cache length, so query t sits at slot `lengths - Tq + t` and sees cache
-slots `j <= lengths - Tq + t` (causal among the new tokens, everything before them). A query whose
-slot is negative (lengths < Tq) sees nothing and gives 0, like `flash_attention`'s fully masked rows.
-`decode_attention_reference` is the same thing in plain jnp (it is `flash_attention_reference` with
-`q_offset = lengths - Tq` and `kv_valid = arange(S) < lengths`).
+slots `j <= lengths - Tq + t` (causal among the new tokens, everything before them). The optional
+`kv_valid [B, S]` additionally hides slots inside that range (left padding of a batched prompt, the
+holes a right-padded prompt leaves before the generated tokens). A query that sees nothing (slot
+negative because lengths < Tq, or every visible slot invalid) gives 0, like `flash_attention`'s fully
+masked rows. `decode_attention_reference` is the same thing in plain jnp (it is
+`flash_attention_reference` with `q_offset = lengths - Tq` and `kv_valid = (arange(S) < lengths) &
+kv_valid`).
 
 Design
 ------
@@ -20,6 +23,9 @@ Design
   own program (more parallelism when B * Hkv is small: decode at batch 1 has only Hkv programs
   otherwise); each writes its normalised partial output and logsumexp in float32, and XLA combines
   them (`o = sum_s exp(lse_s - lse) o_s`, empty splits have lse -inf and weight 0).
+* Key validity (`kv_valid`, optional, a static switch: no cost when absent) is read per key block
+  like the cache (GPU: one int32 row per sequence; TPU: a sublane-replicated `[B, 8, S]` row with the
+  cache's block index map) and ANDed into the visibility test.
 * Block skipping. Only key blocks below `cdiv(lengths[b], block_k)` are visited: GPU programs loop
   over `[split start, min(split end, that bound))`; TPU grid steps outside it skip compute under
   `pl.when` and their index map repeats the last useful block index, so no DMA is issued.
@@ -75,12 +81,13 @@ BLOCK_TABLE: dict[tuple[str, int], DecodeBlocks] = {
 _MIN_BLOCK = {"gpu": 16, "tpu": 128}
 
 
-def decode_attention_reference(q, k_cache, v_cache, lengths, *, scale=None):
+def decode_attention_reference(q, k_cache, v_cache, lengths, *, kv_valid=None, scale=None):
     """Plain-jnp decode attention with the kernel's semantics."""
     b, tq = q.shape[:2]
     s = k_cache.shape[1]
     lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (b,))
-    kv_valid = jnp.arange(s, dtype=jnp.int32)[None, :] < lengths[:, None]
+    in_length = jnp.arange(s, dtype=jnp.int32)[None, :] < lengths[:, None]
+    kv_valid = in_length if kv_valid is None else in_length & jnp.asarray(kv_valid, bool)
     return flash_attention_reference(q, k_cache, v_cache, causal=True, q_offset=lengths - tq,
                                      kv_valid=kv_valid, scale=scale)
 
@@ -98,11 +105,12 @@ class _Cfg:
     bk: int
     splits: int
     per_split: int  # key blocks per split
+    has_valid: bool  # a kv_valid row is passed
     num_warps: int
     num_stages: int
 
 
-def _gpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, c: _Cfg):
+def _gpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_ref, *, c: _Cfg):
     bk = c.bk
     split = pl.program_id(2)
     length = len_ref[0]
@@ -119,7 +127,10 @@ def _gpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, c: _C
         vb = v_ref[pl.ds(start, bk), :]
         s = _dot_nt(q, kb) * scale2
         k_idx = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
-        s = jnp.where(k_idx + back < length, s, _NEG_INF)
+        visible = k_idx + back < length
+        if c.has_valid:
+            visible = jnp.logical_and(visible, (kvalid_ref[pl.ds(start, bk)] != 0)[None, :])
+        s = jnp.where(visible, s, _NEG_INF)
         m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
         m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
         alpha = jnp.exp2(m_prev - m_safe)
@@ -137,7 +148,7 @@ def _gpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, c: _C
     lse_ref[...] = jnp.where(empty, _NEG_INF, m * LN2 + jnp.log(l_safe))
 
 
-def _gpu_call(c: _Cfg, qr, k, v, lengths, back):
+def _gpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
     return pl.pallas_call(
         functools.partial(_gpu_kernel, c=c), grid=(c.b, c.hkv, c.splits),
         in_specs=[
@@ -146,6 +157,7 @@ def _gpu_call(c: _Cfg, qr, k, v, lengths, back):
             pl.BlockSpec((None, None, c.rows, c.d), lambda b, h, s: (b, h, 0, 0)),
             pl.BlockSpec((None, c.s_pad, None, c.d), lambda b, h, s: (b, 0, h, 0)),
             pl.BlockSpec((None, c.s_pad, None, c.d), lambda b, h, s: (b, 0, h, 0)),
+            pl.BlockSpec((None, c.s_pad), lambda b, h, s: (b, 0)) if c.has_valid else None,
         ],
         out_specs=[
             pl.BlockSpec((None, None, None, c.rows, c.d), lambda b, h, s: (b, h, s, 0, 0)),
@@ -155,11 +167,11 @@ def _gpu_call(c: _Cfg, qr, k, v, lengths, back):
                    jax.ShapeDtypeStruct((c.b, c.hkv, c.splits, c.rows), jnp.float32)],
         interpret=c.interpret, name="decode_attention",
         compiler_params=_gpu_params(c.num_warps, c.num_stages),
-    )(lengths, back, qr, k, v)
+    )(lengths, back, qr, k, v, kvalid)
 
 
-def _tpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *,
-                c: _Cfg):
+def _tpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_ref, m_sc, l_sc,
+                acc_sc, *, c: _Cfg):
     bk, d = c.bk, c.d
     b, split, jj = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     length = len_ref[b]
@@ -176,6 +188,8 @@ def _tpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_
         shape = (c.rows, bk)
         k_idx = blk * bk + lax.broadcasted_iota(jnp.int32, shape, 1)
         visible = k_idx + jnp.tile(back_ref[...], (1, bk // _LANES)) < length
+        if c.has_valid:
+            visible = jnp.logical_and(visible, kvalid_ref[:1, :] != 0)
         kb_all = k_ref[...]
         vb_all = v_ref[...]
         for h in range(c.hkv):  # static: every KV head of this cache block
@@ -209,7 +223,7 @@ def _lane_cols(x, width):
     return jnp.tile(x, (1, -(-width // _LANES)))[:, :width]
 
 
-def _tpu_call(c: _Cfg, qr, k, v, lengths, back):
+def _tpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
     from jax.experimental.pallas import tpu as pltpu
 
     b_, s_, hkv, d = k.shape
@@ -217,9 +231,15 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back):
     vf = v.reshape(b_, s_, hkv * d)
     back_col = jnp.broadcast_to(back[:, None], (c.rows, _LANES))
 
-    def kv_idx(b, s, jj, len_ref):
+    def kv_block(b, s, jj, len_ref):
         last = jnp.clip(lax.div(len_ref[b] + c.bk - 1, c.bk) - 1, 0, c.s_pad // c.bk - 1)
-        return b, jnp.minimum(s * c.per_split + jj, last), 0
+        return jnp.minimum(s * c.per_split + jj, last)
+
+    def kv_idx(b, s, jj, len_ref):
+        return b, kv_block(b, s, jj, len_ref), 0
+
+    def kvalid_idx(b, s, jj, len_ref):
+        return b, 0, kv_block(b, s, jj, len_ref)
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1, grid=(c.b, c.splits, c.per_split),
@@ -228,6 +248,7 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back):
             pl.BlockSpec((None, c.hkv, c.rows, d), lambda b, s, jj, _: (b, 0, 0, 0)),
             pl.BlockSpec((None, c.bk, hkv * d), kv_idx),
             pl.BlockSpec((None, c.bk, hkv * d), kv_idx),
+            pl.BlockSpec((None, 8, c.bk), kvalid_idx) if c.has_valid else None,
         ],
         out_specs=[
             pl.BlockSpec((None, None, c.hkv, c.rows, d), lambda b, s, jj, _: (b, s, 0, 0, 0)),
@@ -242,7 +263,8 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back):
                    jax.ShapeDtypeStruct((c.b, c.splits, c.hkv, c.rows, _LANES), jnp.float32)],
         compiler_params=_tpu_params(("parallel", "parallel", "arbitrary")),
         interpret=_tpu_interpret(c.interpret), name="decode_attention",
-    )(lengths, back_col, qr, kf, vf)
+    )(lengths, back_col, qr, kf, vf,
+      None if kvalid is None else jnp.broadcast_to(kvalid[:, None, :], (c.b, 8, c.s_pad)))
     # -> [B, Hkv, splits, rows, ...] like the GPU kernel
     return jnp.swapaxes(o, 1, 2), jnp.swapaxes(lse[..., 0], 1, 2)
 
@@ -261,14 +283,15 @@ def _pick_block(block, s, minimum):
 
 @functools.partial(jax.jit, static_argnames=("scale", "block_k", "num_splits", "backend",
                                              "interpret"))
-def decode_attention(q, k_cache, v_cache, lengths, *, scale=None, block_k=None, num_splits=None,
-                     backend=None, interpret=False):
+def decode_attention(q, k_cache, v_cache, lengths, *, kv_valid=None, scale=None, block_k=None,
+                     num_splits=None, backend=None, interpret=False):
     """Attention of the Tq newest tokens over a KV cache; see the module docstring.
 
     Args:
       q: [B, Tq, H, D]. k_cache, v_cache: [B, S, Hkv, D], H % Hkv == 0.
       lengths: [B] int32 (or scalar), valid cache length per sequence (including the Tq new tokens),
         in [0, S].
+      kv_valid: optional [B, S] bool: slots below `lengths` that are nevertheless hidden (padding).
       scale: default D**-0.5. block_k: override the table's key block. num_splits: split-K factor.
       backend: 'gpu' | 'tpu' | None (default device; CPU runs the GPU-style kernel interpreted).
       interpret: Pallas interpret mode.
@@ -286,6 +309,8 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale=None, block_k=None, 
     if not (q.dtype == k_cache.dtype == v_cache.dtype):
         raise ValueError(f"decode_attention: q and cache dtypes differ ({q.dtype}, {k_cache.dtype}, "
                          f"{v_cache.dtype})")
+    if kv_valid is not None and jnp.shape(kv_valid) != (b, s):
+        raise ValueError(f"decode_attention: kv_valid shape {jnp.shape(kv_valid)} != {(b, s)}")
     backend, interpret = resolve_backend(backend, interpret)
     lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (b,))
     scale = float(d**-0.5 if scale is None else scale)
@@ -310,7 +335,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale=None, block_k=None, 
         d_k = d
     c = _Cfg(backend=backend, interpret=bool(interpret), scale=scale, b=b, hkv=hkv, rows=rows_pad,
              d=d_k, s_pad=s_pad, bk=bk, splits=splits, per_split=per_split,
-             num_warps=table.num_warps, num_stages=table.num_stages)
+             has_valid=kv_valid is not None, num_warps=table.num_warps, num_stages=table.num_stages)
 
     # q [B, Tq, H, D] -> [B, Hkv, G*Tq, D], row = g*Tq + t
     qr = q.reshape(b, tq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, rows, d)
@@ -322,10 +347,13 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale=None, block_k=None, 
         pad = ((0, 0), (0, s_pad - s), (0, 0), (0, d_k - d))
         k, v = jnp.pad(k, pad), jnp.pad(v, pad)
 
+    kvalid = None
+    if kv_valid is not None:
+        kvalid = jnp.pad(jnp.asarray(kv_valid).astype(jnp.int32), ((0, 0), (0, s_pad - s)))
     if backend == "gpu":
-        o, lse = _gpu_call(c, qr, k, v, lengths, back)
+        o, lse = _gpu_call(c, qr, k, v, lengths, back, kvalid)
     else:
-        o, lse = _tpu_call(c, qr, k, v, lengths, back)
+        o, lse = _tpu_call(c, qr, k, v, lengths, back, kvalid)
     # combine splits: o [B, Hkv, splits, rows, D], lse [B, Hkv, splits, rows]
     m = jnp.max(lse, axis=2, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)

@@ -17,7 +17,8 @@ import pytest
 from ar1_jax import cli
 
 COMMANDS = ("data", "train", "rl", "eval", "infer", "bench", "convert", "demo", "configs")
-NESTED = (("bench", "compile"), ("bench", "all"), ("convert", "check"), ("convert", "export"))
+NESTED = (("bench", "compile"), ("bench", "kernels"), ("bench", "all"), ("convert", "check"),
+          ("convert", "export"), ("data", "synth"))
 
 
 def ar1(*args, timeout=120):
@@ -80,7 +81,7 @@ def test_bad_override_exits_2_naming_field():
     assert "error: " in r.stderr and "model.text.num_layerz" in r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["data", "train", "rl", "eval"])
+@pytest.mark.parametrize("cmd", ["train", "rl", "eval"])
 def test_not_yet_available_exits_3(cmd):
     r = ar1(cmd)
     assert r.returncode == 3
@@ -184,11 +185,31 @@ def test_convert_reports_missing_converter(tmp_path, monkeypatch, capsys):
     assert "not yet available" in capsys.readouterr().err
 
 
+def _fake_kernels_bench(monkeypatch):
+    calls = []
+    fake = types.ModuleType("ar1_jax.bench.kernels")
+    fake.run = lambda out_dir, dtype, quick, passes=None: calls.append((out_dir, dtype, quick, passes)) or []
+    monkeypatch.setitem(sys.modules, "ar1_jax.bench.kernels", fake)
+    return calls
+
+
+def test_bench_kernels_with_stand_in(tmp_path, monkeypatch, capsys):
+    calls = _fake_kernels_bench(monkeypatch)
+    assert cli.main(["bench", "kernels", "--out", str(tmp_path), "--quick"]) == 0
+    assert calls == [(tmp_path, "bfloat16", True, None)]
+    assert cli.main(["bench", "kernels", "--out", str(tmp_path), "--dtype", "float32"]) == 0
+    assert calls[-1] == (tmp_path, "float32", False, None)
+    monkeypatch.setitem(sys.modules, "ar1_jax.bench.kernels", None)
+    assert cli.main(["bench", "kernels", "--out", str(tmp_path)]) == 3
+    assert "ar1 bench kernels: not yet available" in capsys.readouterr().err
+
+
 def test_bench_with_stand_in_compile_bench(tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("ar1_jax.bench.compile_time")
     fake.run = lambda cfg, layers, out_dir: calls.append((cfg, layers, out_dir)) or {"ok": True}
     monkeypatch.setitem(sys.modules, "ar1_jax.bench.compile_time", fake)
+    kernel_calls = _fake_kernels_bench(monkeypatch)
     argv = ["bench", "compile", "--config", "tiny", "--set", "model.text.num_heads=2", "--layers", "2,4",
             "--out", str(tmp_path)]
     assert cli.main(argv) == 0
@@ -199,14 +220,17 @@ def test_bench_with_stand_in_compile_bench(tmp_path, monkeypatch, capsys):
     cfg, layers, out_dir = calls[-1]
     assert cfg.name == cli.BENCH_ALL_CONFIG and layers == cli._parse_layers(cli.BENCH_ALL_LAYERS)
     assert str(out_dir) == str(tmp_path / "compile")
-    assert "kernels: not yet available" in capsys.readouterr().out
+    assert kernel_calls == [(tmp_path / "kernels", "bfloat16", False, None)]
+    assert "[2/2] kernels" in capsys.readouterr().out
 
 
 def test_bench_without_benches_exits_3(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ar1_jax.bench.compile_time", None)
+    monkeypatch.setitem(sys.modules, "ar1_jax.bench.kernels", None)
     assert cli.main(["bench", "compile", "--out", str(tmp_path)]) == 3
     assert "ar1 bench compile: not yet available" in capsys.readouterr().err
     assert cli.main(["bench", "all", "--out", str(tmp_path)]) == 3
+    assert "kernels: not yet available" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ar1_jax.model.vlm") is None, reason="ar1_jax.model.vlm not written yet")
@@ -218,6 +242,10 @@ def test_demo_end_to_end(tmp_path):
     for i in range(1, 8):
         assert f"[{i}/7]" in r.stdout
     assert metrics["stages"]["backbone"] == "ok" and metrics["stages"]["infer"] == "ok"
+    assert metrics["stages"]["data"] == "ok" and metrics["data"]["num_scenes"] == 32
+    assert metrics["stages"]["bench"] == "ok" and (tmp_path / "bench" / "kernels.json").exists()
+    assert metrics["stages"]["bench"] == "ok" and "NOT meaningful" in r.stdout
+    assert json.loads((tmp_path / "bench" / "kernels.json").read_text())["rows"]
     assert metrics["infer"]["num_samples"] == 2 and metrics["infer"]["timing"]["total"] > 0
     assert (tmp_path / "infer" / "bev.png").exists()
 

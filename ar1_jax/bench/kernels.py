@@ -1,10 +1,16 @@
 """Pallas attention kernels against XLA and cuDNN: time, TFLOP/s, GB/s, ratios -> `kernels.json`.
 
 For every shape of the table and every kernel backend:
-  * `flash_attention` forward and forward+backward (grad of q, k, v) vs the model's XLA attention
-    (`ar1_jax.model.attention.attention(impl="xla")`, the same masks) and, on a GPU, cuDNN
+  * prefill: `flash_attention` forward and forward+backward (grad of q, k, v) vs the model's XLA
+    attention (`ar1_jax.model.attention.attention(impl="xla")`, the same masks) and, on a GPU, cuDNN
     (`jax.nn.dot_product_attention(implementation="cudnn")`);
-  * `decode_attention` (forward only) vs the same two.
+  * decode: `decode_attention` (forward only) vs the same two;
+  * denoise: `denoise_attention` (impl `pallas`: prefix cache and own keys as separate inputs, two
+    flash passes merged by logsumexp, what `attention_impl=pallas` runs in the expert) and
+    `flash_attention` over the concatenated keys (impl `pallas_concat`: the concatenation is inside
+    the timed function, as the model would pay it every Euler step) vs the model's XLA path
+    (`ar1_jax.model.attention.denoise(impl="xla")`, which concatenates) and cuDNN over the
+    concatenation; forward and forward+backward (grads of q, prefix k / v, own k / v).
 
 Shapes (`default_shapes()`): the 0.5B config (14 heads, 2 KV heads, head dim 64) and the 10B release
 (32 / 8 / 128); prefill at S 512, 2048, 8192 (causal, batch so that B * S = 8192 tokens), decode of one
@@ -23,7 +29,9 @@ On a host without an accelerator `run` does a tiny smoke version with the kernel
 interpret mode so the code path is exercised; those numbers are NOT meaningful and are labelled so
 (`meaningful: false` in the JSON and in every printed line).
 
-    python -m ar1_jax.bench.kernels --out out/bench            # full table on a GPU / TPU
+    ar1 bench kernels --out out/bench/kernels                  # full table on a GPU / TPU
+    ar1 bench kernels --out out/bench/kernels --quick          # tiny shapes: a code-path check
+    python -m ar1_jax.bench.kernels --out out/bench --only denoise   # more knobs (--backends, --iters)
 """
 
 from __future__ import annotations
@@ -105,15 +113,22 @@ def _timeit(fn, args, warmup: int, iters: int) -> float:
 
 
 def _inputs(shape: Shape, dtype, seed=0):
+    """(q, k, v); denoise: (q, prefix_k, prefix_v, own_k, own_v), the prefix `shape.prefix` long."""
     rng = np.random.default_rng(seed)
-    q = jnp.asarray(rng.standard_normal((shape.b, shape.sq, shape.h, shape.d), np.float32), dtype)
-    k = jnp.asarray(rng.standard_normal((shape.b, shape.sk, shape.hkv, shape.d), np.float32), dtype)
-    v = jnp.asarray(rng.standard_normal((shape.b, shape.sk, shape.hkv, shape.d), np.float32), dtype)
-    return q, k, v
+
+    def normal(*s):
+        return jnp.asarray(rng.standard_normal(s, np.float32), dtype)
+
+    q = normal(shape.b, shape.sq, shape.h, shape.d)
+    if shape.kind == "denoise":
+        own = shape.sk - shape.prefix
+        return (q, normal(shape.b, shape.prefix, shape.hkv, shape.d), normal(shape.b, shape.prefix, shape.hkv, shape.d),
+                normal(shape.b, own, shape.hkv, shape.d), normal(shape.b, own, shape.hkv, shape.d))
+    return q, normal(shape.b, shape.sk, shape.hkv, shape.d), normal(shape.b, shape.sk, shape.hkv, shape.d)
 
 
 def _masks(shape: Shape):
-    """Per-kind mask arguments: kernel kwargs and the model attention's kwargs (same semantics)."""
+    """Prefill / decode mask arguments: kernel kwargs and the model attention's kwargs (same semantics)."""
     b, sq, sk = shape.b, shape.sq, shape.sk
     kv_slots = jnp.broadcast_to(jnp.arange(sk, dtype=jnp.int32), (b, sk))
     if shape.kind == "prefill":
@@ -123,19 +138,38 @@ def _masks(shape: Shape):
         q_slots = lengths[:, None] - sq + jnp.arange(sq, dtype=jnp.int32)[None, :]
         kv_valid = kv_slots < lengths[:, None]
         return dict(lengths=lengths), dict(q_slots=q_slots, kv_slots=kv_slots, kv_valid=kv_valid)
-    j = jnp.arange(sk, dtype=jnp.int32)
-    kv_valid = jnp.broadcast_to((j < shape.prefix_valid) | (j >= shape.prefix), (b, sk))
-    start = jnp.full((b,), shape.prefix, jnp.int32)
-    q_slots = shape.prefix + jnp.broadcast_to(jnp.arange(sq, dtype=jnp.int32), (b, sq))
-    return (dict(causal=True, kv_valid=kv_valid, bidirectional_from=start, q_offset=shape.prefix),
-            dict(q_slots=q_slots, kv_slots=kv_slots, kv_valid=kv_valid, causal=True,
-                 bidirectional_from=start))
+    raise ValueError(f"no mask arguments for a {shape.kind!r} shape")
 
 
 def _implementations(shape: Shape, backend: str, interpret: bool, on_gpu: bool):
-    """name -> f(q, k, v) for this shape (forward)."""
-    from ar1_jax.kernels import decode_attention, flash_attention
-    from ar1_jax.model.attention import attention, make_mask
+    """name -> f(*inputs) for this shape (forward); names starting with `pallas` are kernels."""
+    from ar1_jax.kernels import decode_attention, denoise_attention, flash_attention
+    from ar1_jax.model.attention import attention, denoise, make_mask
+
+    if shape.kind == "denoise":
+        prefix_valid = jnp.broadcast_to(jnp.arange(shape.prefix) < shape.prefix_valid, (shape.b, shape.prefix))
+        own_valid = jnp.ones((shape.b, shape.sk - shape.prefix), bool)
+        kv_valid = jnp.concatenate([prefix_valid, own_valid], axis=1)
+
+        def concat(pk, pv, ok, ov):
+            return jnp.concatenate([pk, ok], axis=1), jnp.concatenate([pv, ov], axis=1)
+
+        def pallas_concat(q, pk, pv, ok, ov):
+            k, v = concat(pk, pv, ok, ov)
+            return flash_attention(q, k, v, causal=False, kv_valid=kv_valid, backend=backend, interpret=interpret)
+
+        impls = {
+            "pallas": lambda q, pk, pv, ok, ov: denoise_attention(q, pk, pv, prefix_valid, ok, ov, backend=backend,
+                                                                  interpret=interpret),
+            "pallas_concat": pallas_concat,
+            "xla": lambda q, pk, pv, ok, ov: denoise(q, pk, pv, prefix_valid, ok, ov, impl="xla"),
+        }
+        if on_gpu:
+            def cudnn(q, pk, pv, ok, ov):
+                k, v = concat(pk, pv, ok, ov)
+                return jax.nn.dot_product_attention(q, k, v, mask=kv_valid[:, None, None, :], implementation="cudnn")
+            impls["cudnn"] = cudnn
+        return impls
 
     kernel_kw, model_kw = _masks(shape)
     impls = {}
@@ -156,8 +190,7 @@ def _implementations(shape: Shape, backend: str, interpret: bool, on_gpu: bool):
             impls["cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
                 q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
         else:
-            mask = make_mask(model_kw["q_slots"], model_kw["kv_slots"], kv_valid=model_kw["kv_valid"],
-                             causal=True, bidirectional_from=model_kw["bidirectional_from"])
+            mask = make_mask(model_kw["q_slots"], model_kw["kv_slots"], kv_valid=model_kw["kv_valid"], causal=True)
             impls["cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
                 q, k, v, mask=mask[:, None], implementation="cudnn")
     return impls
@@ -172,16 +205,19 @@ def _bytes(shape: Shape, itemsize: int, passes: str) -> int:
 
 
 def run(out_dir, shapes=None, dtype: str = "bfloat16", backends=None, warmup: int | None = None,
-        iters: int | None = None) -> list[dict]:
+        iters: int | None = None, quick: bool = False, passes=None) -> list[dict]:
     """Time every (shape, kernel backend, implementation, pass); print a table, write kernels.json.
 
     Args:
       out_dir: where `kernels.json` goes.
-      shapes: list of `Shape` (default: `default_shapes()` on an accelerator, `smoke_shapes()` on CPU).
+      shapes: list of `Shape` (default: `default_shapes()` on an accelerator, `smoke_shapes()` on CPU
+        or with `quick`).
       dtype: input dtype name.
       backends: kernel backends to time ('gpu', 'tpu'); default the device's own, or both
-        (interpreted) on CPU.
+        (interpreted) on CPU (only the GPU-style kernel with `quick`).
       warmup, iters: runs before timing and timed runs (default 3 / 10; CPU 1 / 1).
+      quick: the smoke shapes and one kernel backend, everywhere (a code-path check in seconds).
+      passes: subset of ("fwd", "fwd+bwd") to time (default both; decode is forward only).
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,9 +226,11 @@ def run(out_dir, shapes=None, dtype: str = "bfloat16", backends=None, warmup: in
     meaningful = accel
     interpret = not accel
     if shapes is None:
-        shapes = default_shapes() if accel else smoke_shapes()
+        shapes = default_shapes() if accel and not quick else smoke_shapes()
     if backends is None:
-        backends = [("tpu" if jax.default_backend() == "tpu" else "gpu")] if accel else ["gpu", "tpu"]
+        own = "tpu" if jax.default_backend() == "tpu" else "gpu"
+        backends = [own] if accel or quick else ["gpu", "tpu"]
+    wanted = ("fwd", "fwd+bwd") if passes is None else tuple(passes)
     warmup = warmup if warmup is not None else (3 if accel else 1)
     iters = iters if iters is not None else (10 if accel else 1)
     jdtype = jnp.dtype(dtype)
@@ -203,24 +241,24 @@ def run(out_dir, shapes=None, dtype: str = "bfloat16", backends=None, warmup: in
 
     rows: list[dict] = []
     for shape in shapes:
-        q, k, v = _inputs(shape, jdtype)
-        w = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape, np.float32), jnp.float32)
+        args = _inputs(shape, jdtype)
+        w = jnp.asarray(np.random.default_rng(1).standard_normal(args[0].shape, np.float32), jnp.float32)
         fwd_flops = 4 * shape.d * shape.visible_pairs() * shape.b * shape.h
-        passes = ["fwd"] if shape.kind == "decode" else ["fwd", "fwd+bwd"]
+        shape_passes = [x for x in (["fwd"] if shape.kind == "decode" else ["fwd", "fwd+bwd"]) if x in wanted]
         ref_ms: dict[tuple[str, str], float] = {}  # XLA / cuDNN: independent of the kernel backend
         for backend in backends:
             impls = _implementations(shape, backend, interpret, on_gpu)
-            for pass_ in passes:
+            for pass_ in shape_passes:
                 for name, fn in impls.items():
-                    if name != "pallas" and (name, pass_) in ref_ms:
+                    if not _is_kernel(name) and (name, pass_) in ref_ms:
                         continue
-                    row = _measure(shape, name, backend, pass_, fn, (q, k, v), w, warmup, iters,
+                    row = _measure(shape, name, backend, pass_, fn, args, w, warmup, iters,
                                    fwd_flops, jdtype, dtype, meaningful)
                     rows.append(row)
-                    if name != "pallas" and row["ms"] is not None:
+                    if not _is_kernel(name) and row["ms"] is not None:
                         ref_ms[(name, pass_)] = row["ms"]
             for row in rows:
-                if row["shape"] == shape.name and row["impl"] == "pallas" and row["backend"] == backend \
+                if row["shape"] == shape.name and _is_kernel(row["impl"]) and row["backend"] == backend \
                         and row["ms"] is not None:
                     for ref in ("xla", "cudnn"):
                         if (ref, row["pass"]) in ref_ms:
@@ -234,11 +272,15 @@ def run(out_dir, shapes=None, dtype: str = "bfloat16", backends=None, warmup: in
                                      "NOT meaningful",
         device=f"{jax.devices()[0].device_kind} x{jax.device_count()}",
         host=platform.processor() or platform.machine(), jax=jax.__version__, dtype=dtype,
-        backends=list(backends), warmup=warmup, iters=iters, rows=rows)
+        backends=list(backends), warmup=warmup, iters=iters, quick=quick, rows=rows)
     path = out_dir / "kernels.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return rows
+
+
+def _is_kernel(name: str) -> bool:
+    return name.startswith("pallas")
 
 
 def _measure(shape, name, backend, pass_, fn, args, w, warmup, iters, fwd_flops, jdtype, dtype,
@@ -246,12 +288,12 @@ def _measure(shape, name, backend, pass_, fn, args, w, warmup, iters, fwd_flops,
     if pass_ == "fwd":
         f = jax.jit(fn)
     else:
-        def loss(q, k, v):
-            return jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
-        f = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        def loss(*xs):
+            return jnp.sum(fn(*xs).astype(jnp.float32) * w)
+        f = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))
     row = dict(shape=shape.name, kind=shape.kind, b=shape.b, sq=shape.sq, sk=shape.sk, h=shape.h,
                hkv=shape.hkv, d=shape.d, dtype=dtype, impl=name,
-               backend=backend if name == "pallas" else None, **{"pass": pass_},
+               backend=backend if _is_kernel(name) else None, **{"pass": pass_},
                meaningful=meaningful, ms=None)
     try:
         sec = _timeit(f, args, warmup, iters)
@@ -266,7 +308,7 @@ def _measure(shape, name, backend, pass_, fn, args, w, warmup, iters, fwd_flops,
 
 def _print_row(row: dict, label: str) -> None:
     who = row["impl"] + (f"/{row['backend']}" if row["backend"] else "")
-    head = f"{row['shape']:24s} {row['pass']:8s} {who:12s}"
+    head = f"{row['shape']:24s} {row['pass']:8s} {who:18s}"
     if row["ms"] is None:
         print(f"{head} failed: {row['error']}{label}", flush=True)
         return
@@ -282,7 +324,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--backends", default=None, help="comma list of gpu,tpu (default: the device's)")
     p.add_argument("--only", default=None, help="substring filter on shape names")
-    p.add_argument("--smoke", action="store_true", help="use the tiny shapes even on an accelerator")
+    p.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
+                   help="the tiny shapes and one kernel backend, even on an accelerator")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
     a = p.parse_args(argv)
@@ -290,7 +333,8 @@ def main(argv=None) -> int:
     if a.only:
         shapes = [s for s in shapes if a.only in s.name]
     run(a.out, shapes=shapes, dtype=a.dtype,
-        backends=a.backends.split(",") if a.backends else None, warmup=a.warmup, iters=a.iters)
+        backends=a.backends.split(",") if a.backends else None, warmup=a.warmup, iters=a.iters,
+        quick=a.smoke)
     return 0
 
 

@@ -70,7 +70,8 @@ class Engine:
 
     # ---- compiled stages -------------------------------------------------------------------------
     def _vision_impl(self, params, media):
-        return encode_media(params, self.cfg.model, media, dtype=self.dtype, impl=self.cfg.model.attention_impl)
+        return encode_media(params, self.cfg.model, media, dtype=self.dtype,
+                            impl=self.cfg.model.attention_impl_for("vision"))
 
     def _prefill_impl(self, params, input_ids, positions, kv_valid, encoded, next_position):
         tc = self.cfg.model.text
@@ -127,7 +128,7 @@ class Engine:
 
         def velocity(x_t, t):
             return expert_velocity(params["expert"], cfg, x_t, jnp.broadcast_to(t, (n,)), cache.k, cache.v, valid,
-                                   fs_pos + 1, dtype=self.dtype, impl=cfg.model.attention_impl)
+                                   fs_pos + 1, dtype=self.dtype, impl=cfg.model.attention_impl_for("expert"))
 
         return flow.euler_sample(velocity, (n, cfg.action.horizon, 2), key, cfg.infer.flow_steps, jnp.float32)
 

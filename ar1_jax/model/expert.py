@@ -115,7 +115,9 @@ def expert_velocity(
 
     `prefix_k/v` are the backbone's cached keys/values per layer; `prefix_valid` marks the slots the
     actions may read (valid prompt and reasoning up to and including `<|traj_future_start|>`).
-    Action token j sits at rotary position `first_position + j` on all three axes.
+    Action token j sits at rotary position `first_position + j` on all three axes. `impl` is the
+    attention impl (`attention.denoise`: `pallas` reads the prefix cache in place, without
+    concatenating it with the action tokens' keys; pass `cfg.model.attention_impl_for("expert")`).
     """
     tcfg = expert_text_config(cfg)
     n, a, _ = x_t.shape
@@ -123,14 +125,11 @@ def expert_velocity(
     pos = first_position[:, None] + jnp.arange(a, dtype=jnp.int32)[None]
     cos, sin = rope.mrope_cos_sin(jnp.broadcast_to(pos[None], (3, n, a)), tcfg.head_dim, tcfg.rope_theta,
                                   tcfg.mrope_section, tcfg.mrope_interleaved)
-    valid = jnp.concatenate([prefix_valid, jnp.ones((n, a), bool)], axis=1)
 
     def body(x, xs):
         lp, pk, pv = xs
         q, k, v = attention_inputs(lp, tcfg, x, cos, sin)
-        keys = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
-        values = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-        o = attn_lib.attention(q, keys, values, causal=False, kv_valid=valid, impl=impl)
+        o = attn_lib.denoise(q, pk, pv, prefix_valid, k, v, impl=impl)
         return attention_output_and_mlp(lp, tcfg, x, o), None
 
     x, _ = jax.lax.scan(body, x, (params["layers"], prefix_k, prefix_v))

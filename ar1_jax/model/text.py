@@ -133,7 +133,8 @@ def decode_layers(
 
     Without a cache this is a causal self-attention over the T tokens (padding masked by
     `kv_valid`). With a cache, the T tokens are written at slots [length, length + T) and attend to
-    every valid slot up to their own; `kv_valid` marks which of the new tokens are real. DeepStack
+    every valid slot up to their own; `kv_valid` marks which of the new tokens are real. `impl` is the
+    attention impl of this call (the caller picks it per call site: prefill vs decode). DeepStack
     features (Qwen3-VL) are added to the output of layer i for i < N (zero outside image tokens).
     """
     b, t, _ = x.shape
@@ -143,14 +144,13 @@ def decode_layers(
     layer_params = params["layers"]
     n_deep = 0 if deepstack is None else deepstack.shape[0]
 
+    # Structured slots (keys at arange, queries at q_offset + arange): what every attention impl,
+    # the Pallas kernels included, can take.
     if cache is None:
-        q_slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        attend_kwargs = dict(q_slots=q_slots, kv_slots=q_slots, kv_valid=kv_valid)
+        attend_kwargs = dict(q_offset=0, kv_valid=kv_valid)
     else:
-        q_slots = jnp.broadcast_to(cache.length + jnp.arange(t, dtype=jnp.int32), (b, t))
-        kv_slots = jnp.broadcast_to(jnp.arange(cache.max_length, dtype=jnp.int32), (b, cache.max_length))
         new_valid = jax.lax.dynamic_update_slice(cache.valid, kv_valid, (0, cache.length))
-        attend_kwargs = dict(q_slots=q_slots, kv_slots=kv_slots, kv_valid=new_valid)
+        attend_kwargs = dict(q_offset=cache.length, kv_valid=new_valid)
 
     def layer(x, lp, layer_idx, k_cache, v_cache):
         q, k, v = attention_inputs(lp, cfg, x, cos, sin)

@@ -90,7 +90,7 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
     velocity = expert_velocity(params["expert"], cfg, x_t, t, k, v,
                                prefix_mask(batch["kv_valid"], batch["future_start_slot"]),
                                batch["action_position"], dtype=dtype_of(cfg.model.dtype),
-                               impl=cfg.model.attention_impl)
+                               impl=cfg.model.attention_impl_for("expert"))
     valid = batch.get("controls_valid")
     fm = flow.loss(velocity, x, eps, None if valid is None else valid[:, None, None])
     total = lc.reasoning_weight * ce_reasoning + lc.trajectory_token_weight * ce_traj + lc.flow_weight * fm

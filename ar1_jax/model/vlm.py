@@ -21,7 +21,7 @@ from flax import nnx
 
 from ar1_jax.config import VLMConfig
 from ar1_jax.model import kv_cache as kv_lib
-from ar1_jax.model import rope, text, vision
+from ar1_jax.model import attention, rope, text, vision
 from ar1_jax.model.layers import dtype_of
 from ar1_jax.parallel.rules import activation_spec, use_rules
 
@@ -75,12 +75,17 @@ def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None
 
 def vlm_forward(params: dict, cfg: VLMConfig, input_ids, positions, *, kv_valid=None, media=None, cache=None,
                 encoded=None):
-    """Logits `[B, T, V]` (float32) and the updated cache (None without one)."""
+    """Logits `[B, T, V]` (float32) and the updated cache (None without one).
+
+    Attention impls per call site: the vision tower `cfg.attention_impl_for("vision")`; the decoder
+    `attention_impl_for("decode")` for a step of at most `DECODE_MAX_QUERIES` tokens over a cache,
+    else `attention_impl` (training forward, prefill)."""
     dtype = dtype_of(cfg.dtype)
-    x, deep = embed_multimodal(params, cfg, input_ids, media, dtype=dtype, impl=cfg.attention_impl,
+    x, deep = embed_multimodal(params, cfg, input_ids, media, dtype=dtype, impl=cfg.attention_impl_for("vision"),
                                encoded=encoded)
+    site = "decode" if cache is not None and input_ids.shape[1] <= attention.DECODE_MAX_QUERIES else "text"
     h, cache = text.decode_layers(params["text"], cfg.text, x, positions, kv_valid=kv_valid, cache=cache,
-                                  deepstack=deep, impl=cfg.attention_impl)
+                                  deepstack=deep, impl=cfg.attention_impl_for(site))
     return text.lm_logits(params["text"], cfg.text, h), cache
 
 

@@ -14,9 +14,19 @@ def test_kernels_bench_smoke(tmp_path):
     data = json.loads((tmp_path / "kernels.json").read_text())
     assert data["meaningful"] is False and "NOT meaningful" in data["note"]
     got = {(r["shape"], r["impl"], r["pass"]) for r in rows if r["ms"] is not None}
-    assert got == {("denoise_tiny", i, p) for i in ("pallas", "xla") for p in ("fwd", "fwd+bwd")} | {
-        ("decode_tiny", "pallas", "fwd"), ("decode_tiny", "xla", "fwd")}
-    pallas = [r for r in rows if r["impl"] == "pallas"]
+    assert got == {("denoise_tiny", i, p) for i in ("pallas", "pallas_concat", "xla")
+                   for p in ("fwd", "fwd+bwd")} | {("decode_tiny", "pallas", "fwd"), ("decode_tiny", "xla", "fwd")}
+    pallas = [r for r in rows if r["impl"].startswith("pallas")]
+    assert all(r["backend"] == "gpu" for r in pallas) and all(r["backend"] is None for r in rows if r["impl"] == "xla")
     assert all(r["speedup_vs_xla"] > 0 and r["tflops"] > 0 and r["gbs"] > 0 for r in pallas)
     assert shape.visible_pairs() == 16 * (40 + 16)
     assert bench.Shape("p", "prefill", 1, 8, 8, 1, 1, 64).visible_pairs() == 36
+
+
+def test_kernels_bench_quick_forward_only(tmp_path):
+    """`quick` (what `ar1 bench kernels --quick` and the demo run): smoke shapes, one kernel backend."""
+    rows = bench.run(tmp_path, quick=True, passes=("fwd",))
+    assert {r["shape"] for r in rows} == {s.name for s in bench.smoke_shapes()}
+    assert {r["pass"] for r in rows} == {"fwd"} and all(r["ms"] is not None for r in rows)
+    assert {r["backend"] for r in rows if r["impl"].startswith("pallas")} == {"gpu"}
+    assert json.loads((tmp_path / "kernels.json").read_text())["quick"] is True

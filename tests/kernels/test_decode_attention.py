@@ -86,6 +86,39 @@ def test_matches_reference(case, backend, dtype):
     _check(case, dtype, backend, TEST_BLOCK_K[backend])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_valid_holes(backend, dtype):
+    """`kv_valid` hides slots below `lengths`: left padding (row 0), random holes (row 1), and a row
+    whose only in-range slots are all invalid (row 2: output 0). Against the reference and against the
+    model's XLA attention over the same cache mask."""
+    from ar1_jax.model.attention import attention
+
+    case = Case("holes", 3, 2, 8, 2, 64, 300, (300, 211, 40), 3)
+    q, k, v, lengths = _make(case, dtype)
+    rng = np.random.default_rng(3)
+    valid = np.ones((case.b, case.s), bool)
+    valid[0, :37] = False  # left padding of a batched prompt
+    valid[1] = rng.random(case.s) > 0.4
+    valid[2, :] = False
+    valid[2, 40:] = True  # beyond lengths: must stay hidden anyway
+    valid = jnp.asarray(valid)
+    out = decode_attention(q, k, v, lengths, kv_valid=valid, backend=backend, interpret=True,
+                           block_k=TEST_BLOCK_K[backend], num_splits=case.splits)
+    up = lambda x: x.astype(jnp.float32)
+    ref = jax.jit(decode_attention_reference)(up(q), up(k), up(v), lengths, kv_valid=valid)
+    q_slots = lengths[:, None] - case.tq + jnp.arange(case.tq, dtype=jnp.int32)[None, :]
+    in_range = jnp.arange(case.s)[None, :] < lengths[:, None]
+    want = jax.jit(functools.partial(attention, impl="xla"))(up(q), up(k), up(v), q_slots=q_slots,
+                                                             kv_valid=valid & in_range)
+    rows = _visible_rows(case)
+    rows[2] = False
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert _rel(out, ref, rows) < TOL[dtype]
+    assert _rel(ref, want, rows) < 2e-5
+    assert np.all(np.asarray(out, np.float32)[~rows] == 0.0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_table_block_and_cpu_default(backend):
     case = Case("table", 2, 2, 4, 2, 64, 1024, (1000, 513), None)
@@ -142,6 +175,12 @@ def test_kernel_lowers_for_device(backend, platform, target, d, h, hkv):
         jax.jit(functools.partial(decode_attention, backend=backend)), platforms=[platform],
         disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)])(q, cache, cache,
                                                                              lengths)
+    assert exported.mlir_module().count(target) == 1
+    valid = jax.ShapeDtypeStruct((4, 4096), jnp.bool_)
+    exported = jax.export.export(
+        jax.jit(functools.partial(decode_attention, backend=backend)), platforms=[platform],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)])(q, cache, cache,
+                                                                             lengths, kv_valid=valid)
     assert exported.mlir_module().count(target) == 1
 
 

@@ -1,0 +1,693 @@
+"""The SFT input pipeline: a TFDS scene directory -> grain -> global SFT batches on a device mesh.
+
+    ScenesSource (random access over the split's array_record files; a record that cannot be read or
+    parsed becomes a bad-record marker instead of an exception)
+    -> this process's shard (`grain.sharding.ShardByJaxProcess`: contiguous, equal, remainder dropped)
+    -> shuffle (seeded; a new order each epoch) -> repeat (`data.num_epochs`, 0 = forever)
+    -> DecodeScene (validate; PNG -> uint8 -> `preprocess_images`; history tokens (`encode_history`),
+       future tokens (`encode_future`) and normalised controls (`normalize`); `build_prompt` with the
+       CoC text) in `data.num_threads` threads
+    -> pack `batch_size / process_count` examples (`build_sft_batch` at the smallest bucket length
+       that holds the longest; bad records fail or are skipped and counted)
+    -> prefetch (`data.prefetch` batches: a thread, or `data.worker_count` grain worker processes)
+    -> `SFTBatchIterator`: the bucket agreed by all processes, then global `jax.Array`s.
+
+Global batch layout (what `ar1_jax.model.vla.sft_loss` reads): every `[B, ...]` array is split on
+its batch dim over the mesh axes that `activation_spec(("batch", "seq"), mesh)` gives the batch
+(`[3, B, T]` positions on dim 1); `media.image.pixel_values` `[B * patches, D]` is split on its rows
+the same way (each example's patches are contiguous, so a device holds its own examples' patches,
+and no process needs another's images); the vision `layout` arrays, which describe the whole global
+batch, are replicated (every process computes them from the global grid, identical everywhere).
+
+Resuming: `SFTBatchIterator.get_state()` is grain's iterator state plus the skipped-record count;
+`set_state` on a fresh iterator over the same data, config and process layout continues with exactly
+the batches the first one would have produced next.
+
+Bad input never makes a silently wrong batch: a record that is unreadable (corrupt bytes), has the
+wrong number of cameras or frames, an undecodable PNG, non-finite or mis-shaped poses / controls /
+v0, an empty reasoning trace or one that does not fit the longest bucket raises `BadRecordError`
+naming the record (its scene_id, or `split[index]` when it cannot be parsed) and the field; with
+`data.skip_bad_records` it is dropped, logged and counted (`SFTBatchIterator.skipped`).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import math
+import pathlib
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from ar1_jax.config import Config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BadRecordError", "ScenesSource", "DecodeScene", "PackBatch", "PackIterDataset", "default_buckets",
+           "pad_batch", "host_dataset", "make_pipeline", "batch_shardings", "SFTBatchIterator", "BAD"]
+
+#: Key of a bad-record marker element: (record, field, reason).
+BAD = "__bad_record__"
+_PAD_MULTIPLE = 64
+MAX_SKIPPED_KEPT = 1000
+_DEFAULT_REASONING_ALLOWANCE = (64, 128, 256)
+
+
+class BadRecordError(ValueError):
+    """A record the pipeline cannot turn into a training example; names the record and the field."""
+
+    def __init__(self, record: str, field: str, reason: str):
+        self.record, self.field, self.reason = record, field, reason
+        super().__init__(f"bad record {record!r}: field `{field}`: {reason}")
+
+    def __reduce__(self):
+        return BadRecordError, (self.record, self.field, self.reason)
+
+
+def _bad(record: str, field: str, reason: str) -> dict:
+    return {BAD: (str(record), str(field), str(reason))}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Source.
+
+
+@functools.lru_cache(maxsize=None)
+def _keep_encoded_class():
+    import tensorflow_datasets as tfds
+
+    class KeepEncoded(tfds.decode.SkipDecoding):
+        """Hands back the stored (PNG) bytes of a `Sequence(Image)` unchanged."""
+
+        def decode_batch_example_np(self, example):
+            return example
+
+    return KeepEncoded
+
+
+class ScenesSource:
+    """Random access to one split of a TFDS scene directory (grain `RandomAccessDataSource`).
+
+    `source[i]` is the record's features as numpy / bytes with the frames still PNG bytes, plus
+    `_record` (`"split[i]"`); a record whose bytes cannot be read or parsed gives a bad-record marker
+    (`{BAD: (record, field, reason)}`) so the pipeline can name it. Picklable (grain workers reopen it).
+    """
+
+    def __init__(self, data_dir: str | pathlib.Path, split: str = "train"):
+        self.data_dir = str(data_dir)
+        self.split = split
+        self._open()
+
+    def _open(self) -> None:
+        import tensorflow_datasets as tfds
+
+        path = pathlib.Path(self.data_dir)
+        if not (path / "dataset_info.json").is_file():
+            raise FileNotFoundError(f"{path} is not a TFDS dataset directory (no dataset_info.json); write one with "
+                                    f"`ar1 data synth --out {path}`")
+        try:
+            builder = tfds.builder_from_directory(str(path))
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read the dataset description: {type(e).__name__}: {e}") from e
+        if self.split not in builder.info.splits:
+            raise ValueError(f"{path}: no split {self.split!r} (has {', '.join(builder.info.splits) or 'none'})")
+        try:
+            self._raw = builder.as_data_source(self.split,
+                                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        except Exception as e:
+            files = sorted(p.name for p in path.glob(f"*-{self.split}.array_record-*"))
+            raise ValueError(f"{path}: cannot open split {self.split!r} ({', '.join(files)}): "
+                             f"{type(e).__name__}: {e}") from e
+        self._features = builder.info.features
+        self._decoders = {"images": _keep_encoded_class()()}
+        self._len = len(self._raw)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        record = f"{self.split}[{index}]"
+        try:
+            raw = self._raw[index]
+        except Exception as e:  # array_record: chunk hash mismatch, short file, ...
+            return _bad(record, "record", f"unreadable in {self.data_dir}: {type(e).__name__}: {e}")
+        try:
+            example = self._features.deserialize_example_np(raw, decoders=self._decoders)
+        except Exception as e:  # a truncated or corrupt serialized example
+            return _bad(record, "record", f"corrupt serialized example ({len(raw)} bytes): {type(e).__name__}: {e}")
+        example["_record"] = record
+        return example
+
+    def __getstate__(self):
+        return {"data_dir": self.data_dir, "split": self.split}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"ScenesSource({self.data_dir!r}, {self.split!r}, {self._len} records)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decode + tokenize one record.
+
+
+@functools.lru_cache(maxsize=None)
+def _action_fn(action_cfg):
+    """Jitted (history bins, future bins, normalised controls), run on this process's CPU."""
+    import jax
+
+    from ar1_jax.action import tokens as traj_tokens
+    from ar1_jax.action import unicycle
+
+    a = action_cfg
+    fn = jax.jit(lambda hist, ctrl: (traj_tokens.encode_history(hist, a, -a.future_bins),
+                                     traj_tokens.encode_future(ctrl, a, 0), unicycle.normalize(ctrl, a)))
+    try:
+        cpu = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS excludes cpu: run on the default device
+        cpu = jax.local_devices()[0]
+
+    def run(history_xyz, controls):
+        with jax.default_device(cpu):
+            return tuple(np.asarray(x) for x in fn(history_xyz, controls))
+
+    return run
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected text, got {type(value).__name__}")
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DecodeScene:
+    """grain map: a `ScenesSource` record -> one SFT example, or a bad-record marker.
+
+    Example: `input_ids` int32 [L], `segments` int32 [L] (`build_prompt` kinds), `pixel_values`
+    float32 [patches, D], `image_grid_thw` int64 [C*F, 3], `controls` float32 [T, 2] (normalised),
+    `scene_id` str. Checks are against `cfg` (cameras, frames, history / horizon lengths) and
+    `max_length` (the longest bucket).
+    """
+
+    def __init__(self, cfg: Config, tokenizer, max_length: int):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    def __call__(self, ex: dict) -> dict:
+        if BAD in ex:
+            return ex
+        record = ex.get("_record", "?")
+        try:
+            with _field("scene_id"):
+                sid = _text(ex["scene_id"])
+                if not sid:
+                    raise _Reject("empty scene id")
+            record = sid
+            return self._decode(ex, sid)
+        except _FieldError as e:
+            return _bad(record, e.field, e.reason)
+        except Exception as e:  # anything unexpected still names the record
+            return _bad(record, "record", f"{type(e).__name__}: {e}")
+
+    def _decode(self, ex: dict, sid: str) -> dict:
+        from ar1_jax.data import images as image_lib
+        from ar1_jax.text import tokenizer as tok_lib
+
+        s, v, a = self.cfg.scene, self.cfg.model.vision, self.cfg.action
+        # Cameras and frames.
+        with _field("camera_ids"):
+            cams = np.asarray(ex["camera_ids"])
+            if cams.ndim != 1 or len(cams) != s.num_cameras:
+                raise _Reject(f"{len(cams) if cams.ndim == 1 else list(cams.shape)} camera(s), the config "
+                              f"(scene.num_cameras) wants {s.num_cameras}: missing camera")
+            if len(set(cams.tolist())) != len(cams):
+                raise _Reject(f"repeated camera ids {cams.tolist()}")
+        with _field("images"):
+            pngs = list(ex["images"])
+            if len(pngs) != s.num_cameras * s.num_frames:
+                raise _Reject(f"{len(pngs)} frames, expected cameras x frames = {s.num_cameras} x {s.num_frames} "
+                              f"(scene.num_cameras, scene.num_frames): missing camera or frame")
+        frames = []
+        for k, data in enumerate(pngs):
+            c, f = divmod(k, s.num_frames)
+            with _field(f"images[camera {c} (id {int(cams[c])}), frame {f}]"):
+                frames.append(_decode_png(data))
+        with _field("images"):
+            pv, grid = image_lib.preprocess_images(
+                frames, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                temporal_patch_size=v.temporal_patch_size, size=(s.image_height, s.image_width),
+                mean=s.image_mean, std=s.image_std)
+        # Poses and controls.
+        history = _array(ex, "history_xyz", (a.history, 3))
+        _array(ex, "history_yaw", (a.history,))
+        _array(ex, "future_xyz", (a.horizon, 3))
+        _array(ex, "future_yaw", (a.horizon,))
+        controls = _array(ex, "controls", (a.horizon, 2))
+        with _field("v0"):
+            v0 = np.asarray(ex["v0"], np.float64)
+            if v0.shape != () or not np.isfinite(v0):
+                raise _Reject(f"expected a finite speed, got {ex['v0']!r}")
+        history_bins, future_ids, controls_norm = _action_fn(a)(history, controls)
+        # The sequence.
+        with _field("cot"):
+            cot = _text(ex["cot"])
+            if not cot.strip():
+                raise _Reject("empty reasoning trace")
+            counts = [image_lib.image_token_count(g, v.spatial_merge_size) for g in grid]
+            ids, seg = tok_lib.build_prompt(
+                self.tokenizer, num_images=len(frames), image_token_counts=counts,
+                history_token_ids=history_bins.tolist(), cot=cot, include_future_start=True,
+                future_token_ids=future_ids.tolist())
+            if len(ids) > self.max_length:
+                n = seg.reasoning_span[1] - seg.reasoning_span[0]
+                raise _Reject(f"over-long trace: {n} reasoning tokens make a {len(ids)}-token sequence, longer than "
+                              f"the longest bucket {self.max_length} (data.bucket_lengths)")
+        return dict(input_ids=ids.astype(np.int32), segments=seg.kind.astype(np.int32), pixel_values=pv,
+                    image_grid_thw=grid.astype(np.int64), controls=controls_norm.astype(np.float32), scene_id=sid)
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+class _field:
+    """Context: any error inside is reported against `name`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is None or isinstance(exc, _FieldError):
+            return False
+        reason = exc.reason if isinstance(exc, _Reject) else f"{type(exc).__name__}: {exc}"
+        raise _FieldError(self.name, reason) from exc
+
+
+def _decode_png(data: Any) -> np.ndarray:
+    from PIL import Image
+
+    if not isinstance(data, (bytes, bytearray)):
+        raise _Reject(f"expected PNG bytes, got {type(data).__name__}")
+    if not data:
+        raise _Reject("empty image (missing frame)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode != "RGB":
+                raise _Reject(f"expected an RGB image, got mode {im.mode}")
+            return np.asarray(im, dtype=np.uint8)
+    except _Reject:
+        raise
+    except Exception as e:
+        raise _Reject(f"corrupt or truncated PNG ({len(data)} bytes): {type(e).__name__}: {e}") from None
+
+
+def _array(ex: dict, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    with _field(name):
+        arr = np.asarray(ex[name], np.float32)
+        if arr.shape != shape:
+            raise _Reject(f"expected shape {list(shape)}, got {list(arr.shape)}")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise _Reject(f"{int(bad.sum())} non-finite value(s) (NaN/inf), first at index "
+                          f"{tuple(int(i) for i in np.argwhere(bad)[0])}")
+        return arr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Buckets and packing.
+
+
+def default_buckets(cfg: Config, tokenizer, reasoning_allowance: Sequence[int] = _DEFAULT_REASONING_ALLOWANCE,
+                    multiple: int = _PAD_MULTIPLE) -> tuple[int, ...]:
+    """Bucket lengths when `data.bucket_lengths` is empty: the fixed part of a training sequence
+    (images, history, scaffolding, CoT markers, 128 future tokens) plus 64 / 128 / 256 reasoning
+    tokens (`reasoning_allowance`), each rounded up to a multiple of 64 (`multiple`)."""
+    from ar1_jax.data import images as image_lib
+    from ar1_jax.text import tokenizer as tok_lib
+
+    s, v = cfg.scene, cfg.model.vision
+    per_image = image_lib.image_token_count((1, s.image_height // v.patch_size, s.image_width // v.patch_size),
+                                            v.spatial_merge_size)
+    n = s.num_cameras * s.num_frames
+    ids, _ = tok_lib.build_prompt(tokenizer, num_images=n, image_token_counts=[per_image] * n,
+                                  history_token_ids=[0] * tok_lib.NUM_HISTORY_TOKENS, cot="",
+                                  include_future_start=True, future_token_ids=[0] * tok_lib.NUM_FUTURE_TOKENS)
+    return tuple(sorted({_round_up(len(ids) + r, multiple) for r in reasoning_allowance}))
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+_SEQ_PAD = {"input_ids": "pad", "targets": "pad", "kv_valid": False, "reasoning_mask": False, "traj_mask": False}
+
+
+def pad_batch(batch: dict, length: int, pad_id: int) -> dict:
+    """A `build_sft_batch` host batch right-padded to `length` tokens (what `build_sft_batch(...,
+    length=length)` gives for the same examples: pad ids, False masks, position 0)."""
+    t = batch["input_ids"].shape[1]
+    if length == t:
+        return batch
+    if length < t:
+        raise ValueError(f"pad_batch: cannot pad a {t}-token batch to {length}")
+    out = dict(batch)
+    for key, fill in _SEQ_PAD.items():
+        x = batch[key]
+        out[key] = np.concatenate([x, np.full((x.shape[0], length - t), pad_id if fill == "pad" else fill,
+                                              x.dtype)], 1)
+    pos = batch["positions"]
+    out["positions"] = np.concatenate([pos, np.zeros(pos.shape[:2] + (length - t,), pos.dtype)], 2)
+    return out
+
+
+class PackBatch:
+    """Examples -> a host batch: `build_sft_batch` at the smallest bucket that holds the longest one.
+
+    Returns `{"batch": arrays (no media), "pixel_values", "image_grid_thw" (one example's),
+    "bucket", "scene_ids", "skipped": [(record, field, reason), ...]}`.
+    """
+
+    def __init__(self, cfg: Config, buckets: Sequence[int]):
+        self.cfg = cfg
+        self.buckets = tuple(buckets)
+
+    def __call__(self, examples: list[dict], skipped: list[tuple] = ()) -> dict:
+        from ar1_jax.model.vla import build_sft_batch
+
+        longest = max(len(e["input_ids"]) for e in examples)
+        bucket = next(b for b in self.buckets if b >= longest)
+        grid = examples[0]["image_grid_thw"]
+        for e in examples[1:]:
+            if not np.array_equal(e["image_grid_thw"], grid):  # cannot happen: every frame is resized to scene size
+                raise BadRecordError(e["scene_id"], "images", f"image grid {e['image_grid_thw'].tolist()} differs "
+                                     f"from the batch's {grid.tolist()}")
+        batch = build_sft_batch(self.cfg, [dict(input_ids=e["input_ids"], segments=e["segments"],
+                                                image_grid_thw=e["image_grid_thw"], controls=e["controls"])
+                                           for e in examples], length=bucket)
+        batch.pop("media")
+        return dict(batch=batch, pixel_values=np.concatenate([e["pixel_values"] for e in examples], 0),
+                    image_grid_thw=grid, bucket=bucket, scene_ids=[e["scene_id"] for e in examples],
+                    skipped=list(skipped))
+
+
+class PackIterDataset(grain.IterDataset):
+    """Groups `batch_size` good examples into one `PackBatch` element; a bad-record marker is returned
+    as the element (fail mode) or dropped and listed in the next batch (skip mode). A final partial
+    batch is dropped (its skips still come, as a `{"batch": None, "skipped": [...]}` element).
+    State: the parent's (nothing is buffered across calls)."""
+
+    def __init__(self, parent, batch_size: int, pack: PackBatch, skip_bad: bool):
+        super().__init__(parent)
+        self._batch_size, self._pack, self._skip_bad = batch_size, pack, skip_bad
+
+    def __iter__(self):
+        return _PackIterator(self._parent.__iter__(), self._batch_size, self._pack, self._skip_bad)
+
+    def __str__(self):
+        return f"PackIterDataset(batch_size={self._batch_size}, skip_bad={self._skip_bad})"
+
+
+class _PackIterator(grain.DatasetIterator):
+    def __init__(self, parent, batch_size: int, pack: PackBatch, skip_bad: bool):
+        super().__init__(parent)
+        self._batch_size, self._pack, self._skip_bad = batch_size, pack, skip_bad
+
+    def __next__(self):
+        examples, skipped = [], []
+        while len(examples) < self._batch_size:
+            try:
+                ex = next(self._parent)
+            except StopIteration:
+                if skipped:  # the end of the data: report the skips even though no batch follows
+                    return {"batch": None, "skipped": skipped}
+                raise
+            if BAD in ex:
+                if not self._skip_bad:
+                    return ex
+                skipped.append(ex[BAD])
+                continue
+            examples.append(ex)
+        return self._pack(examples, skipped)
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pipeline.
+
+
+def _shard_range(n: int, shard) -> tuple[int, int]:
+    count, index = shard.shard_count, shard.shard_index
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is outside [0, {count})")
+    if shard.drop_remainder:
+        per = n // count
+        return index * per, (index + 1) * per
+    per, rest = divmod(n, count)
+    start = index * per + min(index, rest)
+    return start, start + per + (index < rest)
+
+
+def host_dataset(cfg: Config, tokenizer, *, data_dir: str | None = None, split: str | None = None,
+                 local_batch: int | None = None, shard_options=None, buckets: Sequence[int] | None = None,
+                 seed: int | None = None, num_epochs: int | None = None, shuffle: bool | None = None):
+    """This process's grain `IterDataset` of host batches (`PackBatch` elements); settings default to
+    `cfg.data`. `make_pipeline` wraps it; use it directly to look at host batches or time them."""
+    d = cfg.data
+    d.validate("data")
+    data_dir = data_dir if data_dir is not None else d.dataset_dir
+    if not data_dir:
+        raise ValueError("no dataset: set config field `data.dataset_dir` (e.g. --set data.dataset_dir=DIR) to a "
+                         "directory written by `ar1 data synth`")
+    split = split if split is not None else d.split
+    buckets = tuple(buckets) if buckets is not None else (tuple(d.bucket_lengths) or default_buckets(cfg, tokenizer))
+    shard_options = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    local_batch = local_batch if local_batch is not None else d.batch_size
+    num_epochs = d.num_epochs if num_epochs is None else num_epochs
+    seed = d.shuffle_seed if seed is None else seed
+    shuffle = d.shuffle if shuffle is None else shuffle
+
+    source = ScenesSource(data_dir, split)
+    start, stop = _shard_range(len(source), shard_options)
+    if stop - start < local_batch:
+        raise ValueError(f"{data_dir} split {split!r}: this process's shard has {stop - start} of {len(source)} "
+                         f"records (shard {shard_options.shard_index} of {shard_options.shard_count}), fewer than "
+                         f"one batch of {local_batch} (data.batch_size / process count)")
+    ds = grain.MapDataset.source(source)[start:stop]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs or None)
+    ds = ds.map(DecodeScene(cfg, tokenizer, max(buckets)))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads,
+                                              prefetch_buffer_size=max(1, d.prefetch) * local_batch))
+    it = PackIterDataset(it, local_batch, PackBatch(cfg, buckets), d.skip_bad_records)
+    if d.worker_count > 0:
+        _absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.worker_count,
+                                                         per_worker_buffer_size=max(1, d.prefetch)))
+    elif d.prefetch > 0:
+        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=d.prefetch)
+    return it
+
+
+def _absl_flags_parsed() -> None:
+    """grain worker processes read absl flags; mark them parsed (defaults) if the program did not."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_pipeline(cfg: Config, tokenizer, mesh, *, data_dir: str | None = None, split: str | None = None,
+                  seed: int | None = None, num_epochs: int | None = None, shuffle: bool | None = None,
+                  shard_options=None) -> "SFTBatchIterator":
+    """The SFT batch iterator for this process: global `jax.Array` batches laid out on `mesh`.
+
+    Settings default to `cfg.data` (`batch_size` is global); `shard_options` defaults to
+    `grain.sharding.ShardByJaxProcess(drop_remainder=True)`. Each batch is a `build_sft_batch` dict
+    (see `ar1_jax.model.vla.sft_loss`).
+    """
+    import jax
+
+    from ar1_jax.parallel.rules import activation_spec
+
+    d = cfg.data
+    d.validate("data")
+    nproc = jax.process_count()
+    if d.batch_size % nproc:
+        raise ValueError(f"config field `data.batch_size`: {d.batch_size} is not divisible by the {nproc} processes")
+    spec = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)
+    axes = spec[0] if spec[0] is None or isinstance(spec[0], tuple) else (spec[0],)
+    shards = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    if d.batch_size % shards:
+        raise ValueError(f"config field `data.batch_size`: {d.batch_size} is not divisible by the {shards}-way batch "
+                         f"sharding of mesh {dict(mesh.shape)} (axes {axes})")
+    buckets = tuple(d.bucket_lengths) or default_buckets(cfg, tokenizer)
+    ds = host_dataset(cfg, tokenizer, data_dir=data_dir, split=split, local_batch=d.batch_size // nproc,
+                      shard_options=shard_options, buckets=buckets, seed=seed, num_epochs=num_epochs, shuffle=shuffle)
+    return SFTBatchIterator(ds, cfg, mesh, buckets)
+
+
+def batch_shardings(cfg: Config, mesh) -> dict:
+    """The `NamedSharding` of every array of the pipeline's batches (a tree like the batch), e.g. for
+    `jax.jit(step, in_shardings=...)`: jit refuses a committed argument whose sharding differs."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ar1_jax.model import vision
+    from ar1_jax.parallel.rules import activation_spec
+
+    b = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)[0]
+    v = cfg.model.vision
+    m = v.spatial_merge_size
+    layout = vision.vision_layout(v, np.asarray([[1, 2 * m, 2 * m]]))
+    spec = {key: P(b, None) for key in ("input_ids", "targets", "kv_valid", "reasoning_mask", "traj_mask")}
+    spec.update(positions=P(None, b, None), future_start_slot=P(b), action_position=P(b), controls=P(b, None, None),
+                controls_valid=P(b), media={"image": {"pixel_values": P(b, None), "layout": {k: P() for k in layout}}})
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), spec, is_leaf=lambda x: isinstance(x, P))
+
+
+class SFTBatchIterator:
+    """Yields global SFT batches; `get_state()` / `set_state()` resume the data order exactly.
+
+    Attributes:
+      buckets: the padded lengths a batch can have.
+      num_skipped: records skipped so far (skip mode; kept in the state).
+      skipped: `(record, field, reason)` of the last `MAX_SKIPPED_KEPT` records skipped by this iterator.
+      last_scene_ids: this process's scene ids in the last batch, in batch order.
+    """
+
+    def __init__(self, dataset, cfg: Config, mesh, buckets: Sequence[int]):
+        import jax
+
+        from ar1_jax.parallel.rules import activation_spec
+
+        self._dataset = dataset
+        self._it = iter(dataset)
+        self.cfg, self.mesh, self.buckets = cfg, mesh, tuple(buckets)
+        self.skipped: list[tuple[str, str, str]] = []
+        self.num_skipped = 0
+        self.last_scene_ids: list[str] = []
+        self._nproc = jax.process_count()
+        self._batch_axes = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)[0]
+        self._layout_cache: dict[tuple, dict] = {}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            raise StopIteration
+        try:
+            host = next(self._it)
+            while BAD not in host and host["batch"] is None:  # skips at the end of the data
+                self._count_skipped(host)
+                host = next(self._it)
+            end = False
+        except StopIteration:
+            host, end = None, True
+        bad = host is not None and BAD in host
+        bucket = host["bucket"] if host is not None and not bad else 0
+        if self._nproc > 1:  # every process must stop, fail, or pad to the same length together
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.asarray([bucket, int(end), int(bad)], np.int32))
+            flags = np.asarray(flags).reshape(self._nproc, 3)
+            if flags[:, 2].any() and not bad:
+                procs = np.flatnonzero(flags[:, 2]).tolist()
+                raise BadRecordError(f"(on process {procs})", "record",
+                                     "another process hit a bad record; see its error")
+            if flags[:, 1].any() and not bad:
+                raise StopIteration
+            bucket = int(flags[:, 0].max())
+        if bad:
+            raise BadRecordError(*host[BAD])
+        if end:
+            raise StopIteration
+        self._count_skipped(host)
+        self.last_scene_ids = list(host["scene_ids"])
+        return self._globalize(host, bucket)
+
+    def _count_skipped(self, host: dict) -> None:
+        for record, field, reason in host["skipped"]:
+            log.warning("skipped bad record %r: field `%s`: %s", record, field, reason)
+        self.skipped = (self.skipped + [tuple(s) for s in host["skipped"]])[-MAX_SKIPPED_KEPT:]
+        self.num_skipped += len(host["skipped"])
+
+    def _globalize(self, host: dict, bucket: int) -> dict:
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from ar1_jax.model import vision
+
+        b = self._batch_axes
+        n = self._nproc
+        batch = pad_batch(host["batch"], bucket, self.cfg.tokens.pad_id)
+
+        def put(x, spec, batch_dim):
+            shape = list(x.shape)
+            if batch_dim is not None:
+                shape[batch_dim] *= n
+            return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), x, tuple(shape))
+
+        out = {}
+        for key, x in batch.items():
+            if key == "positions":
+                out[key] = put(x, P(None, b, None), 1)
+            else:
+                out[key] = put(x, P(b, *([None] * (x.ndim - 1))), 0)
+        global_b = batch["input_ids"].shape[0] * n
+        grid = host["image_grid_thw"]
+        key = (global_b, grid.tobytes())
+        if key not in self._layout_cache:
+            self._layout_cache = {key: vision.vision_layout(self.cfg.model.vision, np.tile(grid, (global_b, 1)))}
+        layout = {k: put(v, P(), None) for k, v in self._layout_cache[key].items()}
+        out["media"] = {"image": {"pixel_values": put(host["pixel_values"].astype(np.float32), P(b, None), 0),
+                                  "layout": layout}}
+        return out
+
+    def get_state(self) -> dict:
+        """The position in the data (JSON-able dict): grain's iterator state and the skip count."""
+        if self._it is None:
+            return self._closed_state
+        return {"grain": self._it.get_state(), "num_skipped": self.num_skipped}
+
+    def set_state(self, state: dict) -> None:
+        if self._it is None:
+            raise RuntimeError("set_state on a closed SFTBatchIterator")
+        self._it.set_state(state["grain"])
+        self.num_skipped = int(state.get("num_skipped", 0))
+        self.skipped = []
+
+    def close(self) -> None:
+        """Stops the decode threads / worker processes; `get_state` still answers afterwards."""
+        if self._it is None:
+            return
+        self._closed_state = self.get_state()
+        self._it.close()
+        self._it = None  # collected now, not at interpreter exit (where grain's __del__ trips)
