@@ -140,7 +140,16 @@ class Entry:
 
     @property
     def stacked(self) -> bool:
-        return "{i}" in self.hf
+        return "{" in self.hf
+
+    def key(self, i: int = 0) -> str:
+        """The HF key of layer `i`: `{i}` -> i, `{3i+2}` -> 3 * i + 2 (the release's action-in trunk
+        interleaves norms and linears)."""
+        def repl(m):
+            a, b = m.group(1), m.group(2)
+            return str((int(a) if a else 1) * i + (int(b) if b else 0))
+
+        return re.sub(r"\{(\d*)i(?:\+(\d+))?\}", repl, self.hf)
 
 
 def key_table(cfg: VLMConfig) -> list[Entry]:
@@ -296,33 +305,39 @@ def load(checkpoint_dir, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = Non
         shardings = param_shardings(abstract_params, mesh, rules)
     else:
         shardings = None
+    tied_head = "lm_head.weight" if cfg.text.tie_word_embeddings else None
     with CheckpointReader(checkpoint_dir) as reader:
-        params = _read_params(reader, cfg, abstract_params, shardings, dtype_of(dtype_name), strict)
+        params, _ = _read_params(reader, key_table(cfg), canonical_key, abstract_params, shardings,
+                                 dtype_of(dtype_name), strict, optional={tied_head},
+                                 context=f"config {cfg.family} with {cfg.text.num_layers} text / "
+                                         f"{cfg.vision.depth} vision layers", model=cfg.family)
     return VLMRunner(cfg, graphdef, params, mesh, rules)
 
 
-def _read_params(reader: CheckpointReader, cfg: VLMConfig, abstract_params, shardings, dtype, strict: bool):
-    present = {canonical_key(k): k for k in reader.keys()}
-    entries = {e.ours: e for e in key_table(cfg)}
+def _read_params(reader: CheckpointReader, table: list[Entry], canonical, abstract_params, shardings, dtype,
+                 strict: bool, *, optional=frozenset(), context: str = "", model: str = "model"):
+    """Streams every parameter of `abstract_params` from `reader` into its sharding (default device
+    without `shardings`). `table` maps HF keys (named as `canonical(key)`) to parameter paths;
+    checkpoint keys in `optional` may stay unused. Returns (params state, {canonical: stored key})."""
+    present = {canonical(k): k for k in reader.keys()}
+    entries = {e.ours: e for e in table}
     used: set[str] = set()
-    flat_abstract = nnx.to_flat_state(abstract_params)
     flat_shard = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
     default_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     out = []
-    for path, var in flat_abstract:
+    for path, var in nnx.to_flat_state(abstract_params):
         path = _path_str(path)
         entry = entries.get(path)
         if entry is None:
             raise CheckpointMismatch(f"parameter {'.'.join(path)} has no checkpoint key mapping")
         shape = tuple(var.get_value().shape)
         layer_shape = shape[1:] if entry.stacked else shape
-        layers = shape[0] if entry.stacked else 1
-        keys = [entry.hf.format(i=i) for i in range(layers)] if entry.stacked else [entry.hf]
+        keys = [entry.key(i) for i in range(shape[0])] if entry.stacked else [entry.key()]
         for key in keys:
             if key not in present:
-                raise CheckpointMismatch(f"checkpoint is missing tensor {key!r} (for parameter {'.'.join(path)}, "
-                                         f"config {cfg.family} with {cfg.text.num_layers} text / "
-                                         f"{cfg.vision.depth} vision layers)")
+                where = f", {context}" if context else ""
+                raise CheckpointMismatch(f"checkpoint is missing tensor {key!r} (for parameter {'.'.join(path)}"
+                                         f"{where})")
             raw_shape = tuple(reader.shape(present[key]))
             expected = _hf_shape(entry, layer_shape)
             if entry.kind == "patch":  # conv [E, C, tp, p, p] flattens onto our [C * tp * p * p, E]
@@ -335,51 +350,50 @@ def _read_params(reader: CheckpointReader, cfg: VLMConfig, abstract_params, shar
             used.add(key)
 
         def load_region(index, entry=entry, keys=keys, layer_shape=layer_shape):
-            layer_idx = index[0] if entry.stacked else None
-            rest = index[1:] if entry.stacked else index
             if entry.stacked:
-                parts = [hf_to_ours(entry, reader.get(present[k]), layer_shape)[rest]
-                         for k in keys[layer_idx]]
-                region = np.stack(parts, 0)
+                region = np.stack([hf_to_ours(entry, reader.get(present[k]), layer_shape)[index[1:]]
+                                   for k in keys[index[0]]], 0)
             else:
-                region = hf_to_ours(entry, reader.get(present[keys[0]]), layer_shape)[rest]
+                region = hf_to_ours(entry, reader.get(present[keys[0]]), layer_shape)[index]
             return np.asarray(region).astype(dtype)
 
         sharding = flat_shard.get(tuple(path))
         sharding = sharding.get_value() if sharding is not None else default_sharding
-        array = jax.make_array_from_callback(shape, sharding, load_region)
-        out.append((path, var.replace(array)))
-    extra = sorted(k for c, k in present.items() if c not in used and not (
-        c == "lm_head.weight" and cfg.text.tie_word_embeddings))
+        out.append((path, var.replace(jax.make_array_from_callback(shape, sharding, load_region))))
+    extra = sorted(k for c, k in present.items() if c not in used and c not in optional)
     if extra and strict:
-        raise CheckpointMismatch(f"checkpoint has {len(extra)} tensor(s) the {cfg.family} model does not use, "
+        raise CheckpointMismatch(f"checkpoint has {len(extra)} tensor(s) the {model} model does not use, "
                                  f"e.g. {extra[:5]}")
-    return nnx.from_flat_state([(p, v) for p, v in out])
+    return nnx.from_flat_state(out), present
 
 
 # ----------------------------------------------------------------------------------------------------
 # Export.
 
 
-def iter_hf_tensors(model: VLMRunner) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (hub key, numpy array) for every tensor of the HF layout, one at a time."""
-    cfg = model.cfg
-    flat = {_path_str(p): v for p, v in nnx.to_flat_state(model.params)}
-    table = key_table(cfg)
+def _iter_tensors(params, table: list[Entry], vision, key_of) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (key_of(canonical HF key), numpy array) for every tensor of `table`, one at a time;
+    entries sharing a key (Qwen's fused qkv) are concatenated in chunk order."""
+    flat = {_path_str(p): v.get_value() for p, v in nnx.to_flat_state(params)}
+    conv_shape = (vision.hidden_size, vision.in_channels, vision.temporal_patch_size, vision.patch_size,
+                  vision.patch_size)
     groups: dict[str, list[Entry]] = {}
     for e in table:
         groups.setdefault(e.hf, []).append(e)
-    v = cfg.vision
-    conv_shape = (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    for template, entries in groups.items():
+    for entries in groups.values():
         entries = sorted(entries, key=lambda e: e.chunk or (0, 1))
-        arrays = [flat[e.ours].get_value() for e in entries]
-        layers = arrays[0].shape[0] if entries[0].stacked else 1
-        for i in range(layers):
-            parts = [ours_to_hf(e, np.asarray(jax.device_get(a[i] if e.stacked else a)), conv_shape)
+        arrays = [flat[e.ours] for e in entries]
+        stacked = entries[0].stacked
+        for i in range(arrays[0].shape[0] if stacked else 1):
+            parts = [ours_to_hf(e, np.asarray(jax.device_get(a[i] if stacked else a)), conv_shape)
                      for e, a in zip(entries, arrays)]
-            tensor = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-            yield hub_key(template.format(i=i), cfg.family), tensor
+            yield key_of(entries[0].key(i)), parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def iter_hf_tensors(model: VLMRunner) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (hub key, numpy array) for every tensor of the HF layout, one at a time."""
+    cfg = model.cfg
+    return _iter_tensors(model.params, key_table(cfg), cfg.vision, lambda k: hub_key(k, cfg.family))
 
 
 def export(model, out_dir, max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
@@ -516,15 +530,6 @@ def ar1_key_table(cfg) -> list[Entry]:
     return table
 
 
-def _format_key(template: str, i: int) -> str:
-    """`{i}` -> i; `{3i+2}` -> 3 * i + 2 (the action-in trunk interleaves norms and linears)."""
-    def repl(m):
-        a, b = m.group(1), m.group(2)
-        return str((int(a) if a else 1) * i + (int(b) if b else 0))
-
-    return re.sub(r"\{(\d*)i(?:\+(\d+))?\}", repl, template)
-
-
 def _release_canonical(key: str) -> str:
     if key.startswith("vlm."):
         return "vlm." + canonical_key(key[len("vlm."):])
@@ -540,39 +545,13 @@ def load_ar1(checkpoint_dir, dtype=jnp.float32, strict: bool = True) -> LoadedAR
     dtype_name = jnp.dtype(dtype).name
     cfg = ar1_config_from_hf(hf_cfg, dtype=dtype_name)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: AR1(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    table = {e.ours: e for e in ar1_key_table(cfg)}
-    out, used = [], set()
+    tied_head = "vlm.lm_head.weight" if cfg.model.text.tie_word_embeddings else None
     with CheckpointReader(checkpoint_dir) as reader:
-        present = {_release_canonical(k): k for k in reader.keys()}
-        for path, var in nnx.to_flat_state(abstract):
-            path = _path_str(path)
-            entry = table.get(path)
-            if entry is None:
-                raise CheckpointMismatch(f"parameter {'.'.join(path)} has no checkpoint key mapping")
-            shape = tuple(var.get_value().shape)
-            layer_shape = shape[1:] if "i" in entry.hf and "{" in entry.hf else shape
-            stacked = layer_shape != shape
-            keys = [_format_key(entry.hf, i) for i in range(shape[0])] if stacked else [entry.hf]
-            parts = []
-            for key in keys:
-                if key not in present:
-                    raise CheckpointMismatch(f"checkpoint is missing tensor {key!r} (for parameter {'.'.join(path)})")
-                raw = reader.get(present[key])
-                expected = _hf_shape(entry, layer_shape)
-                if entry.kind != "patch" and tuple(raw.shape) != expected:
-                    raise CheckpointMismatch(f"checkpoint tensor {key!r} has shape {tuple(raw.shape)}, expected "
-                                             f"{expected} (parameter {'.'.join(path)})")
-                parts.append(hf_to_ours(entry, raw, layer_shape).astype(dtype_name))
-                used.add(key)
-            value = np.stack(parts) if stacked else parts[0]
-            out.append((path, var.replace(jnp.asarray(value))))
+        params, present = _read_params(reader, ar1_key_table(cfg), _release_canonical, abstract, None,
+                                       dtype_of(dtype_name), strict, optional={tied_head, *BUFFER_KEYS},
+                                       model="AR1")
         buffers = {k: np.array(reader.get(present[k])) for k in BUFFER_KEYS if k in present}
-        used.update(buffers)
-        extra = sorted(k for c, k in present.items() if c not in used and not (
-            c == "vlm.lm_head.weight" and cfg.model.text.tie_word_embeddings))
-    if extra and strict:
-        raise CheckpointMismatch(f"checkpoint has {len(extra)} tensor(s) the AR1 model does not use, e.g. {extra[:5]}")
-    return LoadedAR1(_config_with_buffers(cfg, buffers), graphdef, nnx.from_flat_state(out), buffers, hf_cfg)
+    return LoadedAR1(_config_with_buffers(cfg, buffers), graphdef, params, buffers, hf_cfg)
 
 
 def _config_with_buffers(cfg, buffers: dict):
@@ -594,26 +573,13 @@ def _config_with_buffers(cfg, buffers: dict):
 def export_ar1(model: LoadedAR1, out_dir, max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
     """Writes a release-layout checkpoint: the same names (`vlm.` + the VLM family's hub layout,
     `expert.*`, `action_in_proj.*`, `action_out_proj.*`, and any buffers the source had)."""
-    cfg = model.cfg
-    flat = {_path_str(p): v.get_value() for p, v in nnx.to_flat_state(model.params)}
-    v = cfg.model.vision
-    conv_shape = (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    groups: dict[str, list[Entry]] = {}
-    for e in ar1_key_table(cfg):
-        groups.setdefault(e.hf, []).append(e)
+    family = model.cfg.model.family
+
+    def key_of(key: str) -> str:
+        return "vlm." + hub_key(key[len("vlm."):], family) if key.startswith("vlm.") else key
 
     def tensors():
-        for template, entries in groups.items():
-            entries = sorted(entries, key=lambda e: e.chunk or (0, 1))
-            arrays = [flat[e.ours] for e in entries]
-            stacked = "{" in template
-            for i in range(arrays[0].shape[0] if stacked else 1):
-                parts = [ours_to_hf(e, np.asarray(jax.device_get(a[i] if stacked else a)), conv_shape)
-                         for e, a in zip(entries, arrays)]
-                key = _format_key(template, i)
-                if key.startswith("vlm."):
-                    key = "vlm." + hub_key(key[len("vlm."):], "qwen3_vl")
-                yield key, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        yield from _iter_tensors(model.params, ar1_key_table(model.cfg), model.cfg.model.vision, key_of)
         yield from model.buffers.items()
 
     out_dir = pathlib.Path(out_dir)
