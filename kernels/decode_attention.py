@@ -56,8 +56,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from ar1_jax.kernels.flash_attention import (LOG2E, LN2, _LANES, _dot, _dot_nt, _gpu_params,
-                                             _is_pow2, _round_up, _tpu_interpret, _tpu_params,
+from ar1_jax.kernels.flash_attention import (LOG2E, LN2, _LANES, _dot, _dot_nt, _gpu_params, _is_pow2,
+                                             _online_softmax_step, _round_up, _tpu_interpret, _tpu_params,
                                              flash_attention_reference, resolve_backend)
 
 _NEG_INF = float("-inf")
@@ -131,11 +131,7 @@ def _gpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_r
         if c.has_valid:
             visible = jnp.logical_and(visible, (kvalid_ref[pl.ds(start, bk)] != 0)[None, :])
         s = jnp.where(visible, s, _NEG_INF)
-        m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
-        m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
-        alpha = jnp.exp2(m_prev - m_safe)
-        p = jnp.exp2(s - m_safe[:, None])
-        l_next = alpha * l_prev + jnp.sum(p, axis=1)
+        m_next, alpha, p, l_next = _online_softmax_step(s, m_prev, l_prev)
         acc = acc * alpha[:, None] + _dot(p.astype(vb.dtype), vb)
         return acc, m_next, l_next
 

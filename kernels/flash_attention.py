@@ -418,6 +418,22 @@ def _dot_nt(a, b):
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
+def _and_mask(mask, cond):
+    """`mask & cond`, where a None mask means everything is visible."""
+    return cond if mask is None else jnp.logical_and(mask, cond)
+
+
+def _online_softmax_step(s, m_prev, l_prev):
+    """One key block of the online softmax (base-2 logits `s [rows, bk]`): the new running max,
+    the rescale factor of the old accumulator, the block's probabilities and the new running sum.
+    Rows that have seen no key yet keep max -inf without producing NaNs."""
+    m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
+    m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
+    alpha = jnp.exp2(m_prev - m_safe)
+    p = jnp.exp2(s - m_safe[:, None])
+    return m_next, alpha, p, alpha * l_prev + jnp.sum(p, axis=1)
+
+
 def _dot(a, b):
     return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
@@ -461,15 +477,10 @@ def _gpu_fwd_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, qs
                          q_segment=qseg, kv_segment=kseg_ref[ks][None, :] if c.has_seg else None,
                          kv_valid=(kvalid_ref[ks] != 0)[None, :] if c.has_valid else None)
         if c.k_padded:
-            inb = k_idx < c.sk
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, k_idx < c.sk)
         if mask is not None:
             s = jnp.where(mask, s, _NEG_INF)
-        m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
-        m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
-        alpha = jnp.exp2(m_prev - m_safe)
-        p = jnp.exp2(s - m_safe[:, None])
-        l_next = alpha * l_prev + jnp.sum(p, axis=1)
+        m_next, alpha, p, l_next = _online_softmax_step(s, m_prev, l_prev)
         acc = acc * alpha[:, None] + _dot(p.astype(vb.dtype), vb)
         return acc, m_next, l_next
 
@@ -507,8 +518,7 @@ def _gpu_dq_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do_
                          q_segment=qseg, kv_segment=kseg_ref[ks][None, :] if c.has_seg else None,
                          kv_valid=(kvalid_ref[ks] != 0)[None, :] if c.has_valid else None)
         if c.k_padded:
-            inb = k_idx < c.sk
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, k_idx < c.sk)
         p = jnp.exp2(s - lse2)
         if mask is not None:
             p = jnp.where(mask, p, 0.0)
@@ -548,11 +558,9 @@ def _gpu_dkv_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do
                          q_segment=qseg_ref[qs][None, :] if c.has_seg else None, kv_segment=kseg,
                          kv_valid=kvalid)
         if c.k_padded:
-            inb = k_idx < c.sk
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, k_idx < c.sk)
         if c.q_padded:
-            inb = q_row < c.sq
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, q_row < c.sq)
         pt = jnp.exp2(st - lse2)
         if mask is not None:
             pt = jnp.where(mask, pt, 0.0)
@@ -743,8 +751,7 @@ def _tpu_fwd_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, qs
             kv_segment=kseg_ref[:1, :] if c.has_seg else None,
             kv_valid=kvalid_ref[:1, :] != 0 if c.has_valid else None)
         if c.k_padded:
-            inb = k_idx < c.sk
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, k_idx < c.sk)
         if mask is not None:
             s = jnp.where(mask, s, _NEG_INF)
         m_prev = m_sc[...]
@@ -790,8 +797,7 @@ def _tpu_dq_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do_
             kv_segment=kseg_ref[:1, :] if c.has_seg else None,
             kv_valid=kvalid_ref[:1, :] != 0 if c.has_valid else None)
         if c.k_padded:
-            inb = k_idx < c.sk
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, k_idx < c.sk)
         lse2 = jnp.expand_dims(lse_ref[0], -1) * LOG2E  # [bq, 1]
         delta = jnp.expand_dims(delta_ref[0], -1)
         p = jnp.exp2(s - lse2)
@@ -834,11 +840,9 @@ def _tpu_dkv_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do
             kv_segment=jnp.tile(kseg_ref[...], (1, bq // _LANES)) if c.has_seg else None,
             kv_valid=jnp.tile(kvalid_ref[...], (1, bq // _LANES)) != 0 if c.has_valid else None)
         if c.k_padded:
-            inb = k_idx < c.sk
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, k_idx < c.sk)
         if c.q_padded:
-            inb = q_row < c.sq
-            mask = inb if mask is None else jnp.logical_and(mask, inb)
+            mask = _and_mask(mask, q_row < c.sq)
         pt = jnp.exp2(st - lse_ref[:1, :] * LOG2E)
         if mask is not None:
             pt = jnp.where(mask, pt, 0.0)
