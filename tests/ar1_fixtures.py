@@ -37,10 +37,7 @@ def scene_inputs(cfg, tok, rng, *, cot=None, future_bins=None, frames=None):
     """(ids, segments, pixel_values, grid) of one scene; a generation prompt unless `cot` is given."""
     frames = frames if frames is not None else random_frames(cfg, rng)
     v = cfg.model.vision
-    pv, grid = image_lib.preprocess_images(frames, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                           temporal_patch_size=v.temporal_patch_size,
-                                           size=(cfg.scene.image_height, cfg.scene.image_width),
-                                           mean=cfg.scene.image_mean, std=cfg.scene.image_std)
+    pv, grid = image_lib.preprocess_scene_frames(frames, cfg)
     counts = [image_lib.image_token_count(g, v.spatial_merge_size) for g in grid]
     ids, seg = tok_lib.build_prompt(tok, num_images=len(frames), image_token_counts=counts,
                                     history_token_ids=rng.integers(0, 1000, 48).tolist(), cot=cot,

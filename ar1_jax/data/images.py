@@ -82,6 +82,15 @@ def preprocess_images(images: Sequence[np.ndarray], **kwargs) -> tuple[np.ndarra
     return np.concatenate([p for p, _ in out], 0), np.asarray([g for _, g in out], dtype=np.int64)
 
 
+def preprocess_scene_frames(frames: Sequence[np.ndarray], cfg) -> tuple[np.ndarray, np.ndarray]:
+    """A scene's camera frames (camera-major) -> (`pixel_values`, `image_grid_thw`) with the
+    backbone's patching and the config's fixed frame size and normalisation (`cfg`: a root Config)."""
+    v, s = cfg.model.vision, cfg.scene
+    return preprocess_images(list(frames), patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                             temporal_patch_size=v.temporal_patch_size, size=(s.image_height, s.image_width),
+                             mean=s.image_mean, std=s.image_std)
+
+
 def image_token_count(grid_thw: Sequence[int], merge_size: int = 2) -> int:
     """Decoder tokens one image contributes: t * h * w / merge^2."""
     t, h, w = grid_thw

@@ -248,10 +248,7 @@ class DecodeScene:
             with _field(f"images[camera {c} (id {int(cams[c])}), frame {f}]"):
                 frames.append(_decode_png(data))
         with _field("images"):
-            pv, grid = image_lib.preprocess_images(
-                frames, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                temporal_patch_size=v.temporal_patch_size, size=(s.image_height, s.image_width),
-                mean=s.image_mean, std=s.image_std)
+            pv, grid = image_lib.preprocess_scene_frames(frames, self.cfg)
         # Poses and controls.
         history = _array(ex, "history_xyz", (a.history, 3))
         _array(ex, "history_yaw", (a.history,))

@@ -33,11 +33,10 @@ from ar1_jax.action import flow, unicycle
 from ar1_jax.config import Config
 from ar1_jax.infer import sampling
 from ar1_jax.model import kv_cache as kv_lib
-from ar1_jax.model import rope, vision
 from ar1_jax.model.expert import expert_velocity
 from ar1_jax.model.layers import dtype_of
 from ar1_jax.model.vla import prefix_mask
-from ar1_jax.model.vlm import encode_media, vlm_forward
+from ar1_jax.model.vlm import encode_media, prepare_inputs, vlm_forward
 
 
 @dataclasses.dataclass
@@ -138,24 +137,10 @@ class Engine:
 
     # ---- host side -------------------------------------------------------------------------------
     def prepare(self, prompt_ids, pixel_values, image_grid_thw, attention_mask=None) -> dict:
-        """Host arrays for one bucket: positions (M-RoPE), padding mask, vision layout."""
-        mc = self.cfg.model
-        ids = np.asarray(prompt_ids, np.int32)
-        ids = ids[None] if ids.ndim == 1 else ids
-        mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask, bool)
-        grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
-        n_img = int(((ids == mc.image_token_id) & mask).sum())
-        if n_img * mc.vision.spatial_merge_size ** 2 != int(grid.prod(-1).sum()):
-            raise ValueError(f"prompt holds {n_img} image tokens but image_grid_thw {grid.tolist()} needs "
-                             f"{int(grid.prod(-1).sum()) // mc.vision.spatial_merge_size ** 2}")
-        positions, deltas = rope.get_rope_index(ids, family=mc.family, image_token_id=mc.image_token_id,
-                                                video_token_id=mc.video_token_id,
-                                                spatial_merge_size=mc.vision.spatial_merge_size,
-                                                image_grid_thw=grid, attention_mask=mask)
-        media = {"image": {"pixel_values": np.asarray(pixel_values, np.float32),
-                           "layout": vision.vision_layout(mc.vision, grid)}}
-        return dict(input_ids=ids, positions=positions, kv_valid=mask, media=media,
-                    next_position=(mask.sum(-1) + deltas).astype(np.int32))
+        """Host arrays for one bucket (`ar1_jax.model.vlm.prepare_inputs`): positions, padding mask,
+        vision layout, next rotary position."""
+        return prepare_inputs(self.cfg.model, prompt_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                              image_grid_thw=image_grid_thw)
 
     def run(self, prompt_ids, pixel_values, image_grid_thw, *, v0, seed: int = 0, num_samples: int | None = None,
             attention_mask=None) -> InferenceResult:

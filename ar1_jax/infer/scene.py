@@ -72,9 +72,7 @@ def scene_inputs(cfg: Config, tokenizer, scene: Scene) -> tuple[np.ndarray, np.n
         raise ValueError(f"scene {scene.name!r} has {cams} cameras x {frames} frames; config {cfg.name!r} wants "
                          f"{s.num_cameras} x {s.num_frames}")
     flat = scene.images.reshape(-1, *scene.images.shape[2:])
-    pv, grid = image_lib.preprocess_images(list(flat), patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                           temporal_patch_size=v.temporal_patch_size,
-                                           size=(s.image_height, s.image_width), mean=s.image_mean, std=s.image_std)
+    pv, grid = image_lib.preprocess_scene_frames(flat, cfg)
     bins = np.asarray(traj_tokens.encode_history(scene.history_xyz, cfg.action, -cfg.action.future_bins))
     ids, _ = tok_lib.build_prompt(tokenizer, num_images=len(flat),
                                   image_token_counts=[image_lib.image_token_count(g, v.spatial_merge_size) for g in grid],

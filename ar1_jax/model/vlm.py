@@ -114,6 +114,55 @@ def greedy_decode(params: dict, cfg: VLMConfig, input_ids, positions, kv_valid, 
     return out
 
 
+def prepare_inputs(cfg: VLMConfig, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                   pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> dict:
+    """Validates HF-processor inputs (host numpy) and computes what the compiled model takes:
+    input_ids `[B, T]` int32, M-RoPE positions `[3, B, T]`, the padding mask `kv_valid [B, T]`,
+    `media` (pixel values + vision layouts per kind, or None) and each row's `next_position [B]`."""
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim == 1:
+        input_ids = input_ids[None]
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= cfg.text.vocab_size):
+        raise ValueError(f"input_ids outside [0, vocab_size={cfg.text.vocab_size}): "
+                         f"min {input_ids.min()}, max {input_ids.max()}")
+    mask = np.ones_like(input_ids, dtype=bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {input_ids.shape}")
+    media = {}
+    for kind, pv, grid, token_id in (("image", pixel_values, image_grid_thw, cfg.image_token_id),
+                                     ("video", pixel_values_videos, video_grid_thw, cfg.video_token_id)):
+        n_tokens = int(((input_ids == token_id) & mask).sum())
+        if pv is None:
+            if grid is not None:
+                raise ValueError(f"{kind}_grid_thw given without pixel values")
+            if n_tokens:
+                raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind} pixel values were given")
+            continue
+        if grid is None:
+            raise ValueError(f"{kind} pixel values given without {kind}_grid_thw")
+        pv = np.asarray(pv)
+        grid = np.asarray(grid, dtype=np.int64).reshape(-1, 3)
+        n_patches = int(np.prod(grid, axis=-1).sum())
+        if pv.ndim != 2 or pv.shape != (n_patches, cfg.vision.patch_dim):
+            raise ValueError(f"{kind} pixel values have shape {pv.shape}; {kind}_grid_thw {grid.tolist()} needs "
+                             f"[{n_patches}, {cfg.vision.patch_dim}] (C * temporal_patch * patch * patch)")
+        expected = n_patches // cfg.vision.spatial_merge_size**2
+        if n_tokens != expected:
+            raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but {kind}_grid_thw {grid.tolist()} gives "
+                             f"{expected} (t * h * w / {cfg.vision.spatial_merge_size ** 2} per {kind})")
+        media[kind] = {"pixel_values": pv.astype(np.float32), "layout": vision.vision_layout(cfg.vision, grid)}
+    positions, deltas = rope.get_rope_index(
+        input_ids, family=cfg.family, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+        spatial_merge_size=cfg.vision.spatial_merge_size, image_grid_thw=image_grid_thw,
+        video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts,
+        tokens_per_second=cfg.vision.tokens_per_second, attention_mask=mask)
+    next_position = (mask.sum(-1) + deltas).astype(np.int32)
+    return dict(input_ids=input_ids.astype(np.int32), positions=positions, kv_valid=mask, media=media or None,
+                next_position=next_position)
+
+
 class VLMRunner:
     """Holds a VLM's graph and parameters and runs it on HF-processor inputs (host numpy in)."""
 
@@ -148,52 +197,9 @@ class VLMRunner:
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.pure_params)))
 
     # -- host-side preparation --
-    def prepare(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None) -> dict:
-        """Validates HF-processor inputs and computes positions, padding mask and vision layouts."""
-        cfg = self.cfg
-        input_ids = np.asarray(input_ids)
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None]
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
-        if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= cfg.text.vocab_size):
-            raise ValueError(f"input_ids outside [0, vocab_size={cfg.text.vocab_size}): "
-                             f"min {input_ids.min()}, max {input_ids.max()}")
-        mask = np.ones_like(input_ids, dtype=bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-        if mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {input_ids.shape}")
-        media = {}
-        for kind, pv, grid, token_id in (("image", pixel_values, image_grid_thw, cfg.image_token_id),
-                                         ("video", pixel_values_videos, video_grid_thw, cfg.video_token_id)):
-            n_tokens = int(((input_ids == token_id) & mask).sum())
-            if pv is None:
-                if grid is not None:
-                    raise ValueError(f"{kind}_grid_thw given without pixel values")
-                if n_tokens:
-                    raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind} pixel values were given")
-                continue
-            if grid is None:
-                raise ValueError(f"{kind} pixel values given without {kind}_grid_thw")
-            pv = np.asarray(pv)
-            grid = np.asarray(grid, dtype=np.int64).reshape(-1, 3)
-            n_patches = int(np.prod(grid, axis=-1).sum())
-            if pv.ndim != 2 or pv.shape != (n_patches, cfg.vision.patch_dim):
-                raise ValueError(f"{kind} pixel values have shape {pv.shape}; {kind}_grid_thw {grid.tolist()} needs "
-                                 f"[{n_patches}, {cfg.vision.patch_dim}] (C * temporal_patch * patch * patch)")
-            expected = n_patches // cfg.vision.spatial_merge_size**2
-            if n_tokens != expected:
-                raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but {kind}_grid_thw {grid.tolist()} gives "
-                                 f"{expected} (t * h * w / {cfg.vision.spatial_merge_size ** 2} per {kind})")
-            media[kind] = {"pixel_values": pv.astype(np.float32), "layout": vision.vision_layout(cfg.vision, grid)}
-        positions, deltas = rope.get_rope_index(
-            input_ids, family=cfg.family, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
-            spatial_merge_size=cfg.vision.spatial_merge_size, image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts,
-            tokens_per_second=cfg.vision.tokens_per_second, attention_mask=mask)
-        next_position = (mask.sum(-1) + deltas).astype(np.int32)
-        return dict(input_ids=input_ids.astype(np.int32), positions=positions, kv_valid=mask, media=media or None,
-                    next_position=next_position)
+    def prepare(self, input_ids, **inputs) -> dict:
+        """`prepare_inputs` with this model's config."""
+        return prepare_inputs(self.cfg, input_ids, **inputs)
 
     def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, *, attention_mask=None,
                  pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, **unused):
