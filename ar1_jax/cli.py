@@ -27,7 +27,6 @@ EXIT_NOT_AVAILABLE = 3
 # Where each missing piece arrives; one place so that messages stay consistent.
 ARRIVES_WITH = {
     "data": "issue 4: synthetic data generator and TFDS pipeline",
-    "train": "issue 6: SFT training loop",
     "rl": "a later issue: RL with GRPO",
     "eval": "a later issue: evaluation metrics and closed-loop simulator",
     "infer": "a later issue: compiled inference engine",
@@ -40,6 +39,7 @@ ARRIVES_WITH = {
 # `ar1 bench all` runs the compile-time bench with these unless told otherwise.
 BENCH_ALL_CONFIG = "vlm_0p5b"
 BENCH_ALL_LAYERS = "2,24"
+DEMO_SFT_STEPS = 40
 
 
 class CLIError(Exception):
@@ -176,6 +176,120 @@ def _not_yet(command: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+def _stage_docs() -> dict[str, str]:
+    from ar1_jax.train.sft import STAGES
+
+    return {k: v.description for k, v in STAGES.items()}
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from ar1_jax.parallel.mesh import initialize_distributed
+
+    mode = initialize_distributed()  # before anything touches devices
+    import jax
+
+    lead = jax.process_index() == 0
+    logging.basicConfig(level=logging.INFO if lead else logging.WARNING,
+                        format=f"%(asctime)s p{jax.process_index()} %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    from ar1_jax.config import ConfigError
+    from ar1_jax.train import sft
+
+    if not args.config:
+        raise CLIError("--config is required (a named config, see `ar1 configs`, or a .py file)")
+    overrides = list(args.overrides or ())
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
+    try:
+        cfg = sft.stage_config(args.config, args.stage, overrides)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise CLIError(f"--stop-after: expected a positive step count, got {args.stop_after}")
+    workdir = pathlib.Path(args.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise CLIError(f"--workdir {workdir}: exists and is not a directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved = workdir / "config.json"
+    if saved.exists() and lead:
+        from ar1_jax.config import to_dict
+
+        diff = _config_diff(json.loads(saved.read_text()), json.loads(json.dumps(to_dict(cfg))))
+        if diff:
+            print(f"note: config differs from the run's saved {saved} in: {'; '.join(diff)}", file=sys.stderr)
+    if not cfg.data.dataset_dir:
+        cfg = _synthesise_data(cfg, workdir / "data", args.synth_scenes)
+    return _run_training(cfg, workdir, args, mode)
+
+
+def _synthesise_data(cfg, out: pathlib.Path, num_scenes: int):
+    import dataclasses
+
+    import jax
+
+    if not (out / "dataset_info.json").exists():
+        if jax.process_count() > 1:
+            raise CLIError("data.dataset_dir is not set: in a multi-process run, write the dataset first "
+                           "(`ar1 data synth --out DIR`) and pass --set data.dataset_dir=DIR")
+        print(f"data.dataset_dir is not set: writing {num_scenes} synthetic scenes to {out} "
+              f"(`ar1 data synth`)", flush=True)
+        if num_scenes <= 0:
+            raise CLIError(f"--synth-scenes: expected a positive count, got {num_scenes}")
+        code = _write_synth(cfg, out, num_scenes, cfg.seed, 0.1, False)
+        if code:
+            raise CLIError(f"writing synthetic data to {out} failed", EXIT_FAILED)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset_dir=str(out)))
+
+
+def _run_training(cfg, workdir: pathlib.Path, args: argparse.Namespace, mode: str) -> int:
+    import jax
+
+    from ar1_jax.config import ConfigError
+    from ar1_jax.data.pipeline import BadRecordError
+    from ar1_jax.train import checkpoint as ckpt_lib
+    from ar1_jax.train import loop
+
+    lead = jax.process_index() == 0
+    if lead:
+        m = cfg.mesh
+        print(f"ar1 train: config {cfg.name}{f' stage {cfg.train.stage}' if cfg.train.stage else ''}, "
+              f"{jax.process_count()} process(es) ({mode}), {jax.device_count()} {jax.devices()[0].platform} "
+              f"device(s), mesh data={m.data} fsdp={m.fsdp} tensor={m.tensor} ({m.rules}), global batch "
+              f"{cfg.data.batch_size} x {cfg.train.grad_accum} micro-batches, {cfg.train.steps} steps -> {workdir}",
+              flush=True)
+    try:
+        result = loop.run(cfg, workdir, progress=not args.no_progress, max_steps=args.stop_after)
+    except (ConfigError, ValueError) as e:
+        if isinstance(e, (BadRecordError, ckpt_lib.CheckpointMismatch)):
+            raise CLIError(str(e), EXIT_USAGE) from None
+        raise CLIError(str(e)) from None
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+    except loop.TrainingDiverged as e:
+        raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
+    if lead:
+        last = result.last_metrics
+        loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
+        print(f"{result.reason} at step {result.step}{loss}; latest checkpoint: step {result.checkpoint_step} in "
+              f"{workdir / 'checkpoints'}; metrics: {workdir / 'metrics.jsonl'}")
+        if result.reason in ("preempted", "interrupted", "stopped"):
+            print("rerun the same command to continue", flush=True)
+    return 128 + 15 if result.reason == "preempted" else (130 if result.reason == "interrupted" else EXIT_OK)
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, args.overrides)
     if args.num_scenes <= 0:
@@ -189,6 +303,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         what = "already holds a dataset (add --overwrite)" if (out / "dataset_info.json").exists() else \
             "is a non-empty directory that is not a dataset"
         raise CLIError(f"--out {out}: {what}")
+    return _write_synth(cfg, out, args.num_scenes, args.seed, args.test_fraction, args.overwrite)
+
+
+def _write_synth(cfg, out: pathlib.Path, num_scenes: int, seed: int, test_fraction: float, overwrite: bool) -> int:
     from ar1_jax.data import tfds_builder
 
     name, generate = tfds_builder.record_source(cfg)
@@ -196,13 +314,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         print("warning: ar1_jax.data.synthetic.generate_records is not available; writing random_records "
               "(random frames, plausible motion: exercises the pipeline, teaches no driving)", file=sys.stderr)
     s = cfg.scene
-    print(f"{args.num_scenes} scenes from {name} (seed {args.seed}, config {cfg.name}: {s.num_cameras} cameras x "
+    print(f"{num_scenes} scenes from {name} (seed {seed}, config {cfg.name}: {s.num_cameras} cameras x "
           f"{s.num_frames} frames of {s.image_height}x{s.image_width}) -> {out}", flush=True)
     t0 = time.perf_counter()
     try:
-        tfds_builder.write_dataset(out, generate(args.num_scenes, args.seed, cfg), args.num_scenes,
-                                   test_fraction=args.test_fraction, overwrite=args.overwrite,
-                                   metadata=dict(generator=name, seed=args.seed, config=cfg.name,
+        tfds_builder.write_dataset(out, generate(num_scenes, seed, cfg), num_scenes,
+                                   test_fraction=test_fraction, overwrite=overwrite,
+                                   metadata=dict(generator=name, seed=seed, config=cfg.name,
                                                  num_cameras=s.num_cameras, num_frames=s.num_frames,
                                                  image_height=s.image_height, image_width=s.image_width))
     except tfds_builder.RecordError as e:
@@ -448,6 +566,43 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    from ar1_jax.train import memory
+
+    recipe = {}
+    if args.recipe:
+        name = pathlib.Path(args.config).stem
+        if name not in memory.RECIPES:
+            raise CLIError(f"--recipe: no documented recipe for config {args.config!r} "
+                           f"(recipes: {', '.join(memory.RECIPES)})")
+        recipe = memory.RECIPES[name]
+    cfg = _load_config(args.config, list(recipe.get("overrides", ())) + list(args.overrides or ()))
+    mesh_text = args.mesh or recipe.get("mesh")
+    batch = args.batch or recipe.get("batch")
+    if not mesh_text or not batch:
+        raise CLIError("give --mesh and --batch (or --recipe for a config in docs/memory.md)")
+    if batch < 1 or (args.seq_len is not None and args.seq_len < 1):
+        raise CLIError(f"--batch and --seq-len must be positive, got {batch} and {args.seq_len}")
+    try:
+        shape = memory.parse_mesh(mesh_text)
+    except ValueError as e:
+        raise CLIError(f"--mesh: {e}") from None
+    seq_len = args.seq_len or memory.typical_seq_len(cfg)
+    try:
+        result, text = memory.report(cfg, shape, batch, seq_len, compile=args.compile)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    result.update(overrides=list(recipe.get("overrides", ())) + list(args.overrides or ()),
+                  time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    print(f"memory: config {cfg.name}, mesh {mesh_text}, batch {batch}, seq_len {seq_len}")
+    print(text)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out / 'memory.json'}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     stages = 7
@@ -494,12 +649,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics["data"] = {"num_scenes": 32, "families": families, "cv_ade_m": round(cv_ade, 3)}
     metrics["stages"]["data"] = "ok"
 
+    print(f"[4/{stages}] SFT: ar1_tiny on those scenes, {DEMO_SFT_STEPS} steps (`ar1 train`), metrics and a loss plot")
+    metrics["sft"] = _demo_sft(out, seed)
+    metrics["stages"]["sft"] = "ok"
+
     later = [
-        ("sft", "SFT", ARRIVES_WITH["train"]),
         ("rl", "RL", ARRIVES_WITH["rl"]),
         ("eval", "eval", ARRIVES_WITH["eval"]),
     ]
-    for i, (key, title, arrives) in enumerate(later, start=4):
+    for i, (key, title, arrives) in enumerate(later, start=5):
         print(f"[{i}/{stages}] {title}: not yet available (arrives with {arrives})")
         metrics["stages"][key] = "not yet available"
 
@@ -523,6 +681,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if backbone is None:
         return EXIT_NOT_AVAILABLE
     return EXIT_OK
+
+
+def _demo_sft(out: pathlib.Path, seed: int) -> dict[str, Any]:
+    """Trains ar1_tiny for DEMO_SFT_STEPS steps on the demo's scenes; returns the loss summary."""
+    from ar1_jax.config import get_config
+    from ar1_jax.eval import viz
+    from ar1_jax.train import loop
+
+    workdir = out / "sft"
+    cfg = get_config("ar1_tiny", [f"data.dataset_dir={out / 'data'}", f"train.steps={DEMO_SFT_STEPS}",
+                                  "train.checkpoint_every=1000", f"seed={seed}"])
+    t0 = time.perf_counter()
+    result = loop.run(cfg, workdir, progress=sys.stderr.isatty())
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    viz.plot_training_curves(workdir / "loss.png", rows, title=f"SFT of {cfg.name} on 32 synthetic scenes")
+    first, last = rows[0], rows[-1]
+    print(f"      loss {first['loss']:.2f} -> {last['loss']:.2f} (reasoning CE {first['ce_reasoning']:.2f} -> "
+          f"{last['ce_reasoning']:.2f}, trajectory-token CE {first['ce_trajectory']:.2f} -> "
+          f"{last['ce_trajectory']:.2f}, flow {first['flow']:.2f} -> {last['flow']:.2f}) in "
+          f"{time.perf_counter() - t0:.0f} s; {workdir / 'loss.png'}, checkpoint step {result.checkpoint_step}")
+    return {"steps": result.step, "first_loss": first["loss"], "last_loss": last["loss"],
+            "checkpoint_step": result.checkpoint_step, "seconds": round(time.perf_counter() - t0, 1),
+            "plot": str(workdir / "loss.png")}
 
 
 def _demo_backbone(cfg, seed: int) -> dict[str, Any]:
@@ -680,13 +861,41 @@ def build_parser() -> argparse.ArgumentParser:
     dp.set_defaults(func=cmd_data_pai)
     p.set_defaults(func=_print_help(p))
 
-    p = _sub(sub, "train", "Supervised fine-tuning (SFT) of the VLA.",
-             "Cross-entropy on reasoning and discrete trajectory tokens plus the flow-matching loss\n"
-             "on the action expert, over a sharded mesh, with orbax checkpoints.\n"
-             f"Not yet available: arrives with {ARRIVES_WITH['train']}.")
+    p = _sub(sub, "train", "Supervised fine-tuning (SFT) of AR1, from one CPU to a pod.",
+             "Cross-entropy on the reasoning and the discrete trajectory tokens plus flow matching on\n"
+             "the action expert (weights: loss.*; stages: --stage), AdamW with warmup + cosine,\n"
+             "over the mesh given by mesh.data / mesh.fsdp / mesh.tensor (-1: the remaining devices).\n\n"
+             "DIR receives config.json, metrics.jsonl (one JSON object per logged step: step, loss,\n"
+             "its terms, grad_norm, lr, tokens_per_s, step_time_s, mfu), tensorboard/ and\n"
+             "checkpoints/<step>/ (params, optimizer, rng, data position, config). Running the same\n"
+             "command again resumes from the latest checkpoint, bit for bit. SIGTERM or Ctrl-C saves\n"
+             "a checkpoint at the next step boundary and exits; a NaN/inf loss stops the run and keeps\n"
+             "the last good checkpoint.\n\n"
+             "Data: data.dataset_dir (a TFDS directory from `ar1 data synth` / `ar1 data pai`). If it is\n"
+             "not set, --synth-scenes synthetic scenes are written to DIR/data first.\n\n"
+             "Multi-process: started from the environment (AR1_COORDINATOR + AR1_NUM_PROCESSES +\n"
+             "AR1_PROCESS_ID, SLURM variables, or a TPU pod): see launch/. Every process runs the same\n"
+             "command; process 0 writes logs and metrics.",
+             epilog="examples:\n"
+                    "  ar1 train --config ar1_tiny --workdir runs/tiny --set train.steps=60\n"
+                    "  ar1 train --config ar1_0p5b --stage sft1 --workdir runs/s1 --set data.dataset_dir=data/synth\n"
+                    "  ar1 train --config ar1_0p5b --stage sft2 --workdir runs/s2 --init-from runs/s1 \\\n"
+                    "      --set train.lr_multipliers=vision=0.1 --set mesh.fsdp=8\n"
+                    "stages: " + "; ".join(f"{k}: {v}" for k, v in _stage_docs().items()))
     _add_config_args(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (checkpoints, metrics)")
-    p.set_defaults(func=_not_yet("train"))
+    p.add_argument("--workdir", required=True, metavar="DIR", help="run directory (checkpoints, metrics); "
+                   "rerun to resume")
+    p.add_argument("--stage", metavar="STAGE", help="SFT stage preset applied before --set: "
+                   + ", ".join(_stage_docs()))
+    p.add_argument("--init-from", metavar="PATH", help="start from these weights (fresh optimizer): an `ar1 train` "
+                   "run dir or checkpoint step dir, or a release-layout AR1 checkpoint; ignored when DIR already "
+                   "has a checkpoint (same as --set train.init_from=PATH)")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after N steps of this "
+                   "invocation, e.g. to fit a job's time limit; rerun to continue")
+    p.add_argument("--synth-scenes", type=int, default=256, metavar="N",
+                   help="scenes to synthesise into DIR/data when data.dataset_dir is empty (default: 256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still logged)")
+    p.set_defaults(func=cmd_train)
 
     p = _sub(sub, "rl", "Reinforcement learning (GRPO) after SFT.",
              "Samples groups of reasoning traces and trajectories, scores them (reasoning quality,\n"
@@ -769,6 +978,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input dtype of the kernels bench (default: bfloat16)")
     bp.add_argument("--quick", action="store_true", help="the kernels bench's tiny shapes only")
     bp.set_defaults(func=cmd_bench_all)
+    bp = _sub(bsub, "memory", "Per-device memory of one SFT train step: analytic, and compiled with --compile.",
+              "Params, grads, optimizer state and activations per device for a config on a mesh, from\n"
+              "the sharding rules and shapes alone (nothing is allocated), printed in GiB and written to\n"
+              "DIR/memory.json, with whether it fits an H100 80GB and a TPU v5p. --compile also compiles\n"
+              "the real train step for the mesh and reads XLA's memory analysis; that needs as many\n"
+              "devices as the mesh has: on CPU start with XLA_FLAGS=--xla_force_host_platform_device_count=N\n"
+              "(fake devices; the CPU figure is not a GPU's or TPU's). See docs/memory.md.",
+              epilog="examples:\n"
+                     "  ar1 bench memory --config ar1_7b --mesh fsdp=8 --batch 16 --set model.text.remat=full \\\n"
+                     "    --out out/mem\n"
+                     "  XLA_FLAGS=--xla_force_host_platform_device_count=8 \\\n"
+                     "    ar1 bench memory --config ar1_7b --recipe --compile --out out/mem")
+    _add_config_args(bp, default="ar1_0p5b")
+    bp.add_argument("--mesh", metavar="AXIS=N,...", help="mesh axis sizes, e.g. data=2,fsdp=8,tensor=1 (missing: 1)")
+    bp.add_argument("--batch", type=int, metavar="B", help="global batch (data.batch_size)")
+    bp.add_argument("--seq-len", type=int, metavar="T", help="padded sequence length (default: a typical AR1 "
+                    "sequence for the config's scene: images + history + prompt + 40 reasoning + 128 trajectory "
+                    "tokens, rounded up to 128)")
+    bp.add_argument("--recipe", action="store_true", help="the config's documented mesh, batch and overrides "
+                    "(docs/memory.md); --mesh, --batch and --set still apply on top")
+    bp.add_argument("--compile", action="store_true", help="also compile the train step on this machine's devices "
+                    "(as many as the mesh has) and report XLA's memory analysis")
+    bp.add_argument("--out", required=True, metavar="DIR", help="directory for memory.json")
+    bp.set_defaults(func=cmd_bench_memory)
     p.set_defaults(func=_print_help(p))
 
     # convert

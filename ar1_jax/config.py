@@ -387,6 +387,65 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (`ar1_jax.train.loop`): optimizer, schedule, precision, logging, checkpoints.
+
+    Precision: master weights and optimizer state are kept in `model.param_dtype` (float32 by
+    default), the forward/backward runs in `model.dtype` (e.g. bfloat16). Module paths in
+    `lr_multipliers` ("vision=0.1") and `frozen` ("vision", "text.embed") are dotted prefixes of
+    parameter paths (`vision`, `text`, `expert`, then their submodules); the longest prefix wins.
+    `stage` names the SFT preset (`ar1_jax.train.sft.STAGES`) the run was built from (provenance).
+    """
+
+    steps: int = 1000
+    stage: str = ""
+    learning_rate: float = 1e-4  # peak, after warmup
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    end_lr_fraction: float = 0.1  # cosine decays to learning_rate * end_lr_fraction at `steps`
+    weight_decay: float = 0.01  # decoupled (AdamW), on kernels and embeddings only
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    mu_dtype: str = ""  # Adam first-moment dtype; "" = the parameter dtype
+    clip_grad_norm: float = 1.0  # global norm; 0 = off
+    grad_accum: int = 1  # micro-batches per step; data.batch_size must divide by it
+    lr_multipliers: tuple[str, ...] = ()
+    frozen: tuple[str, ...] = ()
+    ema_decay: float = 0.0  # 0 = no EMA of the parameters
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3  # the most recent N
+    keep_best: int = 0  # also keep the N with the lowest logged loss
+    async_checkpoint: bool = True
+    tensorboard: bool = True
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = from the device kind (unknown on CPU)
+    init_from: str = ""  # orbax run dir / step dir, or a converted HF (alpamayo_r1) directory
+
+    def validate(self, where: str = "train") -> None:
+        for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{where}.{name}",
+                   "a positive integer", getattr(self, name))
+        for name in ("warmup_steps", "keep_best"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{where}.{name}",
+                   "an integer >= 0", getattr(self, name))
+        _check(self.learning_rate > 0, f"{where}.learning_rate", "> 0", self.learning_rate)
+        _check(self.schedule in ("cosine", "constant"), f"{where}.schedule", "cosine or constant", self.schedule)
+        _check(0 <= self.end_lr_fraction <= 1, f"{where}.end_lr_fraction", "in [0, 1]", self.end_lr_fraction)
+        _check(0 <= self.ema_decay < 1, f"{where}.ema_decay", "in [0, 1)", self.ema_decay)
+        _check(self.clip_grad_norm >= 0, f"{where}.clip_grad_norm", ">= 0", self.clip_grad_norm)
+        _check(self.mu_dtype in ("",) + DTYPES, f"{where}.mu_dtype", f"'' or one of {DTYPES}", self.mu_dtype)
+        for item in self.lr_multipliers:
+            path, _, mult = item.partition("=")
+            ok = bool(path.strip()) and bool(mult)
+            try:
+                ok = ok and float(mult) >= 0
+            except ValueError:
+                ok = False
+            _check(ok, f"{where}.lr_multipliers", "entries 'module.path=multiplier' with a multiplier >= 0", item)
+
+
+@dataclass(frozen=True)
 class Config:
     """The root config: what to build and how to lay it out on devices."""
 
@@ -400,6 +459,7 @@ class Config:
     scene: SceneConfig = field(default_factory=SceneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
     @property
@@ -410,6 +470,8 @@ class Config:
     def validate(self) -> "Config":
         self.model.validate("model")
         self.mesh.validate("mesh")
+        self.train.validate("train")
+        self.data.validate("data")
         self.action.validate("action")
         self.expert.validate(self.model.text, "expert")
         if self.is_vla:

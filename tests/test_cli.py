@@ -81,7 +81,7 @@ def test_bad_override_exits_2_naming_field():
     assert "error: " in r.stderr and "model.text.num_layerz" in r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["train", "rl", "eval"])
+@pytest.mark.parametrize("cmd", ["rl", "eval"])
 def test_not_yet_available_exits_3(cmd):
     r = ar1(cmd)
     assert r.returncode == 3
@@ -89,8 +89,15 @@ def test_not_yet_available_exits_3(cmd):
 
 
 def test_not_yet_available_still_checks_the_config():
-    r = ar1("train", "--config", "no_such_config")
+    r = ar1("rl", "--config", "no_such_config")
     assert r.returncode == 2 and "no_such_config" in r.stderr
+
+
+def test_train_names_a_bad_config_and_needs_a_workdir():
+    r = ar1("train", "--config", "no_such_config", "--workdir", "/tmp/unused")
+    assert r.returncode == 2 and "unknown config 'no_such_config'" in r.stderr
+    r = ar1("train", "--config", "ar1_tiny")
+    assert r.returncode == 2 and "--workdir" in r.stderr
 
 
 def test_usage_errors_exit_2():
@@ -243,6 +250,9 @@ def test_demo_end_to_end(tmp_path):
         assert f"[{i}/7]" in r.stdout
     assert metrics["stages"]["backbone"] == "ok" and metrics["stages"]["infer"] == "ok"
     assert metrics["stages"]["data"] == "ok" and metrics["data"]["num_scenes"] == 32
+    assert metrics["stages"]["sft"] == "ok" and metrics["sft"]["steps"] == 40
+    assert metrics["sft"]["last_loss"] < metrics["sft"]["first_loss"] - 3  # it learns
+    assert (tmp_path / "sft" / "loss.png").exists() and (tmp_path / "sft" / "metrics.jsonl").exists()
     assert metrics["stages"]["bench"] == "ok" and (tmp_path / "bench" / "kernels.json").exists()
     assert metrics["stages"]["bench"] == "ok" and "NOT meaningful" in r.stdout
     assert json.loads((tmp_path / "bench" / "kernels.json").read_text())["rows"]

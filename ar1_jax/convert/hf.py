@@ -292,9 +292,7 @@ def load(checkpoint_dir, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = Non
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (expected a HF checkpoint directory)")
     hf_cfg = json.loads(config_path.read_text())
     if hf_cfg.get("model_type") == "alpamayo_r1":
-        if mesh is not None:
-            raise NotImplementedError("loading an alpamayo_r1 checkpoint onto a mesh arrives with sharded training")
-        return load_ar1(checkpoint_dir, dtype=dtype, strict=strict)
+        return load_ar1(checkpoint_dir, dtype=dtype, strict=strict, mesh=mesh, rules=rules)
     dtype_name = jnp.dtype(dtype).name
     cfg = config_from_hf(hf_cfg, dtype=dtype_name)
     abstract = nnx.eval_shape(lambda: VLM(cfg, rngs=nnx.Rngs(0)))
@@ -536,8 +534,13 @@ def _release_canonical(key: str) -> str:
     return key
 
 
-def load_ar1(checkpoint_dir, dtype=jnp.float32, strict: bool = True) -> LoadedAR1:
-    """Loads a release-layout Alpamayo-R1 checkpoint (`model_type: alpamayo_r1`)."""
+def load_ar1(checkpoint_dir, dtype=jnp.float32, strict: bool = True, *, mesh: jax.sharding.Mesh | None = None,
+             rules: str = "default", shardings: dict | None = None) -> LoadedAR1:
+    """Loads a release-layout Alpamayo-R1 checkpoint (`model_type: alpamayo_r1`).
+
+    Each tensor is streamed into its sharding: `shardings` (a pure dict like the params), or the
+    logical-axis `rules` on `mesh`; neither: the default device.
+    """
     from ar1_jax.model.vla import AR1
 
     checkpoint_dir = pathlib.Path(checkpoint_dir)
@@ -545,9 +548,17 @@ def load_ar1(checkpoint_dir, dtype=jnp.float32, strict: bool = True) -> LoadedAR
     dtype_name = jnp.dtype(dtype).name
     cfg = ar1_config_from_hf(hf_cfg, dtype=dtype_name)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: AR1(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    state_shardings = None
+    if shardings is not None:
+        state_shardings = jax.tree.map(lambda v, s: v.replace(s), abstract, nnx.State(shardings),
+                                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+    elif mesh is not None:
+        from ar1_jax.parallel.rules import param_shardings
+
+        state_shardings = param_shardings(abstract, mesh, rules)
     tied_head = "vlm.lm_head.weight" if cfg.model.text.tie_word_embeddings else None
     with CheckpointReader(checkpoint_dir) as reader:
-        params, present = _read_params(reader, ar1_key_table(cfg), _release_canonical, abstract, None,
+        params, present = _read_params(reader, ar1_key_table(cfg), _release_canonical, abstract, state_shardings,
                                        dtype_of(dtype_name), strict, optional={tied_head, *BUFFER_KEYS},
                                        model="AR1")
         buffers = {k: np.array(reader.get(present[k])) for k in BUFFER_KEYS if k in present}

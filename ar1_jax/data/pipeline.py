@@ -522,12 +522,13 @@ def _absl_flags_parsed() -> None:
 
 def make_pipeline(cfg: Config, tokenizer, mesh, *, data_dir: str | None = None, split: str | None = None,
                   seed: int | None = None, num_epochs: int | None = None, shuffle: bool | None = None,
-                  shard_options=None) -> "SFTBatchIterator":
+                  shard_options=None, microbatches: int = 1) -> "SFTBatchIterator":
     """The SFT batch iterator for this process: global `jax.Array` batches laid out on `mesh`.
 
     Settings default to `cfg.data` (`batch_size` is global); `shard_options` defaults to
     `grain.sharding.ShardByJaxProcess(drop_remainder=True)`. Each batch is a `build_sft_batch` dict
-    (see `ar1_jax.model.vla.sft_loss`).
+    (see `ar1_jax.model.vla.sft_loss`). With `microbatches > 1` the vision `layout` describes one
+    micro-batch's images (`batch_size / microbatches` scenes; see `train.loop.split_microbatches`).
     """
     import jax
 
@@ -547,7 +548,10 @@ def make_pipeline(cfg: Config, tokenizer, mesh, *, data_dir: str | None = None, 
     buckets = tuple(d.bucket_lengths) or default_buckets(cfg, tokenizer)
     ds = host_dataset(cfg, tokenizer, data_dir=data_dir, split=split, local_batch=d.batch_size // nproc,
                       shard_options=shard_options, buckets=buckets, seed=seed, num_epochs=num_epochs, shuffle=shuffle)
-    return SFTBatchIterator(ds, cfg, mesh, buckets)
+    if d.batch_size % microbatches:
+        raise ValueError(f"config field `data.batch_size`: {d.batch_size} is not divisible by {microbatches} "
+                         f"micro-batches (train.grad_accum)")
+    return SFTBatchIterator(ds, cfg, mesh, buckets, microbatches=microbatches)
 
 
 def batch_shardings(cfg: Config, mesh) -> dict:
@@ -579,7 +583,7 @@ class SFTBatchIterator:
       last_scene_ids: this process's scene ids in the last batch, in batch order.
     """
 
-    def __init__(self, dataset, cfg: Config, mesh, buckets: Sequence[int]):
+    def __init__(self, dataset, cfg: Config, mesh, buckets: Sequence[int], microbatches: int = 1):
         import jax
 
         from ar1_jax.parallel.rules import activation_spec
@@ -593,6 +597,7 @@ class SFTBatchIterator:
         self._nproc = jax.process_count()
         self._batch_axes = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)[0]
         self._layout_cache: dict[tuple, dict] = {}
+        self._microbatches = microbatches
 
     def __iter__(self):
         return self
@@ -658,7 +663,7 @@ class SFTBatchIterator:
                 out[key] = put(x, P(None, b, None), 1)
             else:
                 out[key] = put(x, P(b, *([None] * (x.ndim - 1))), 0)
-        global_b = batch["input_ids"].shape[0] * n
+        global_b = batch["input_ids"].shape[0] * n // self._microbatches
         grid = host["image_grid_thw"]
         key = (global_b, grid.tobytes())
         if key not in self._layout_cache:

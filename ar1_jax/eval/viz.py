@@ -29,3 +29,21 @@ def plot_bev(path, trajectories: np.ndarray, history_xy: np.ndarray, future_xy: 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_training_curves(path, rows: list[dict], title: str = "",
+                         keys: tuple[str, ...] = ("loss", "ce_reasoning", "ce_trajectory", "flow")) -> None:
+    """Writes a PNG of the logged loss terms against the step (`rows`: metrics.jsonl objects)."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), ".-", lw=1.2, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

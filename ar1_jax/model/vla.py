@@ -79,21 +79,24 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
     ce_reasoning = _masked_mean(nll, batch["reasoning_mask"])
     ce_traj = _masked_mean(nll, batch["traj_mask"])
 
-    k, v = cache.k, cache.v
-    if lc.stop_gradient_kv:
-        k, v = jax.lax.stop_gradient(k), jax.lax.stop_gradient(v)
-    key_t, key_eps = jax.random.split(rng)
-    x = batch["controls"].astype(jnp.float32)
-    t = flow.sample_time(key_t, (x.shape[0],), cfg.action)
-    eps = jax.random.normal(key_eps, x.shape, jnp.float32)
-    x_t = flow.interpolate(x, eps, t[:, None, None])
-    velocity = expert_velocity(params["expert"], cfg, x_t, t, k, v,
-                               prefix_mask(batch["kv_valid"], batch["future_start_slot"]),
-                               batch["action_position"], dtype=dtype_of(cfg.model.dtype),
-                               impl=cfg.model.attention_impl_for("expert"))
-    valid = batch.get("controls_valid")
-    fm = flow.loss(velocity, x, eps, None if valid is None else valid[:, None, None])
-    total = lc.reasoning_weight * ce_reasoning + lc.trajectory_token_weight * ce_traj + lc.flow_weight * fm
+    total = lc.reasoning_weight * ce_reasoning + lc.trajectory_token_weight * ce_traj
+    fm = jnp.zeros((), jnp.float32)
+    if lc.flow_weight:  # a static config value: with weight 0 the expert is not run at all
+        k, v = cache.k, cache.v
+        if lc.stop_gradient_kv:
+            k, v = jax.lax.stop_gradient(k), jax.lax.stop_gradient(v)
+        key_t, key_eps = jax.random.split(rng)
+        x = batch["controls"].astype(jnp.float32)
+        t = flow.sample_time(key_t, (x.shape[0],), cfg.action)
+        eps = jax.random.normal(key_eps, x.shape, jnp.float32)
+        x_t = flow.interpolate(x, eps, t[:, None, None])
+        velocity = expert_velocity(params["expert"], cfg, x_t, t, k, v,
+                                   prefix_mask(batch["kv_valid"], batch["future_start_slot"]),
+                                   batch["action_position"], dtype=dtype_of(cfg.model.dtype),
+                                   impl=cfg.model.attention_impl_for("expert"))
+        valid = batch.get("controls_valid")
+        fm = flow.loss(velocity, x, eps, None if valid is None else valid[:, None, None])
+        total = total + lc.flow_weight * fm
     return total, {"loss": total, "ce_reasoning": ce_reasoning, "ce_trajectory": ce_traj, "flow": fm}
 
 

@@ -106,5 +106,8 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> str:
         return "initialized"
     mode, kwargs = distributed_args(env)
     if mode != "single":
+        # Cross-process collectives of CPU devices (a CPU-only cluster, or the tests) need gloo; the
+        # setting does not touch GPU or TPU devices.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**kwargs)
     return mode

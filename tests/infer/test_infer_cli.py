@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from ar1_jax.config import get_config
 from ar1_jax.infer import scene as scene_lib

@@ -1,0 +1,106 @@
+"""ar1_jax/train/loop.py: the sharded state, the step (accumulation, freezing, EMA, NaN guard)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ar1_jax.config import ConfigError
+from ar1_jax.data import pipeline as pl
+from ar1_jax.model import vision, vla
+from ar1_jax.parallel.mesh import make_mesh
+from ar1_jax.train import loop, sft
+
+
+def _mesh(cfg):
+    return make_mesh(cfg.mesh, jax.devices()[:1])
+
+
+def _first_batch(cfg, env, microbatches=1):
+    mesh = _mesh(cfg)
+    it = pl.make_pipeline(cfg, env["tok"], mesh, shuffle=False, microbatches=microbatches)
+    try:
+        return next(it)
+    finally:
+        it.close()
+
+
+def _rows(batch, cfg, rows):
+    """The sub-batch of `rows`, by plain indexing (independent of split_microbatches)."""
+    b = batch["input_ids"].shape[0]
+    out = {k: np.asarray(v)[rows] for k, v in batch.items() if k not in ("media", "positions")}
+    out["positions"] = np.asarray(batch["positions"])[:, rows]
+    pv = np.asarray(batch["media"]["image"]["pixel_values"])
+    pv = pv.reshape(b, -1, pv.shape[-1])[rows].reshape(-1, pv.shape[-1])
+    images = cfg.scene.num_cameras * cfg.scene.num_frames
+    grid = np.asarray([[1, cfg.scene.image_height // cfg.model.vision.patch_size,
+                        cfg.scene.image_width // cfg.model.vision.patch_size]] * images * len(rows))
+    out["media"] = {"image": {"pixel_values": pv, "layout": vision.vision_layout(cfg.model.vision, grid)}}
+    return out
+
+
+def test_gradient_accumulation_equals_the_mean_over_interleaved_microbatches(train_env):
+    cfg = train_env["config"]("train.grad_accum=2", "loss.flow_weight=0")
+    trainer = loop.Trainer(cfg, _mesh(cfg))
+    state = trainer.init_state()
+    batch = _first_batch(cfg, train_env, microbatches=2)
+    grads, metrics = jax.jit(trainer._grads)(state["params"], batch, jax.random.key(0))
+
+    full = _first_batch(dict_cfg := cfg, train_env)  # same records, layout for the whole batch
+    del dict_cfg
+    ref_g, ref_loss = [], []
+    for rows in ([0, 2], [1, 3]):  # micro-batch k takes rows k, k + m, ...
+        (loss, _), g = jax.value_and_grad(vla.sft_loss, has_aux=True)(state["params"], cfg, _rows(full, cfg, rows),
+                                                                       jax.random.key(0))
+        ref_g.append(g)
+        ref_loss.append(float(loss))
+    assert float(metrics["loss"]) == pytest.approx(np.mean(ref_loss), rel=1e-5)
+    for ours, a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_g[0]), jax.tree.leaves(ref_g[1])):
+        np.testing.assert_allclose(ours, (np.asarray(a) + np.asarray(b)) / 2, rtol=2e-4, atol=1e-6)
+
+
+def test_frozen_modules_stay_put_and_ema_follows(train_env):
+    cfg = sft.apply_stage(train_env["config"]("train.ema_decay=0.5"), "release_expert")
+    assert cfg.train.frozen == ("vision", "text") and cfg.loss.reasoning_weight == 0
+    trainer = loop.Trainer(cfg, _mesh(cfg))
+    assert trainer.num_trainable < trainer.num_params
+    state = trainer.init_state()
+    before = jax.tree.map(np.asarray, state["params"])
+    step = trainer.compile_step(pl.batch_shardings(cfg, _mesh(cfg)))
+    batch = _first_batch(cfg, train_env)
+    state, metrics = step(state, batch)
+    state, metrics = step(state, batch)
+    after = jax.tree.map(np.asarray, state["params"])
+    for part in ("vision", "text"):
+        for a, b in zip(jax.tree.leaves(before[part]), jax.tree.leaves(after[part])):
+            np.testing.assert_array_equal(a, b)
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(before["expert"]), jax.tree.leaves(after["expert"]))]
+    assert min(moved) > 0
+    # EMA with decay 0.5 after two steps: 0.25 * p0 + 0.25 * p1 + 0.5 * p2 -- check it lies between p0 and p2.
+    e, p0, p2 = (np.asarray(state["ema"]["expert"]["action_out"]["kernel"]), before["expert"]["action_out"]["kernel"],
+                 after["expert"]["action_out"]["kernel"])
+    assert np.all(e >= np.minimum(p0, p2) - 1e-7) and np.all(e <= np.maximum(p0, p2) + 1e-7)
+    assert not np.array_equal(e, p2) and int(state["step"]) == 2 and float(metrics["finite"]) == 1
+
+
+def test_non_finite_step_leaves_the_state_unchanged(train_env):
+    cfg = train_env["config"]()
+
+    def nan_loss(params, cfg, batch, rng):
+        loss, metrics = vla.sft_loss(params, cfg, batch, rng)
+        loss = loss * jnp.nan
+        return loss, dict(metrics, loss=loss)
+
+    trainer = loop.Trainer(cfg, _mesh(cfg), loss_fn=nan_loss)
+    state = trainer.init_state()
+    before = jax.tree.map(np.asarray, {k: state[k] for k in ("params", "opt_state")})
+    state, metrics = trainer.compile_step(pl.batch_shardings(cfg, _mesh(cfg)))(state, _first_batch(cfg, train_env))
+    assert float(metrics["finite"]) == 0 and np.isnan(float(metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves({k: state[k] for k in ("params", "opt_state")})):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_batch_divisibility_is_checked_at_start(train_env):
+    cfg = train_env["config"]("train.grad_accum=3")
+    with pytest.raises(ConfigError, match=r"data\.batch_size`: 4 is not divisible .* train\.grad_accum=3"):
+        loop.check_batch_divisibility(cfg, _mesh(cfg))

@@ -1,0 +1,111 @@
+"""Sharded training: 8 fake devices on three meshes agree with one device; checkpoints move between
+meshes; two gloo processes running `ar1 train` agree with one process on the same global batches."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+# One xdist worker takes the whole module (`--dist loadgroup`), so the shared run happens once.
+pytestmark = pytest.mark.xdist_group("sharded_training")
+
+ROOT = HERE.parents[1]
+WORKER = HERE / "train_worker.py"
+
+
+def _run(args, devices, timeout=900, env=None):
+    env = dict(os.environ if env is None else env)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out = subprocess.run([sys.executable, str(WORKER), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def meshes_report(train_env, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("meshes")
+    _run(["meshes", train_env["data"], train_env["tok_dir"], tmp / "report.json", tmp / "ckpt"], devices=8)
+    return json.loads((tmp / "report.json").read_text())
+
+
+def test_three_meshes_give_the_one_device_losses(meshes_report):
+    runs = meshes_report["runs"]
+    assert meshes_report["device_count"] == 8
+    one = runs["one"]["losses"]
+    assert one[-1] < one[0]  # it trains
+    for name in ("data8", "fsdp8", "2x2x2"):
+        np.testing.assert_allclose(runs[name]["losses"], one, rtol=2e-5, err_msg=name)
+        assert runs[name]["max_param_diff_vs_one"] < 1e-4, name
+    assert runs["2x2x2"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_large_params_are_sharded_as_the_rules_say(meshes_report):
+    runs = meshes_report["runs"]
+    # default rules: embed -> fsdp, mlp/heads/kv_heads/vocab -> tensor, layers replicated.
+    assert runs["fsdp8"]["specs"]["text.layers.mlp.up_kernel"] == [None, "fsdp", None]
+    assert runs["fsdp8"]["shard_shapes"]["text.layers.mlp.up_kernel"] == [2, 8, 128]  # [layers, 64 / 8, mlp]
+    assert runs["fsdp8"]["specs"]["text.embed"] == [None, "fsdp"]
+    assert runs["2x2x2"]["specs"]["text.layers.mlp.up_kernel"] == [None, "fsdp", "tensor"]
+    assert runs["2x2x2"]["shard_shapes"]["text.layers.mlp.up_kernel"] == [2, 32, 64]
+    assert runs["2x2x2"]["specs"]["text.layers.attn.q_kernel"] == [None, "fsdp", "tensor", None]
+    assert runs["2x2x2"]["specs"]["expert.layers.mlp.down_kernel"] == [None, "tensor", "fsdp"]
+    assert runs["2x2x2"]["specs"]["vision.blocks.mlp.fc1_kernel"] == [None, "fsdp", "tensor"]
+    assert runs["2x2x2"]["specs"]["text.embed"] == ["tensor", "fsdp"]
+    # Pure data parallelism replicates every parameter.
+    assert all(all(s is None for s in spec) for spec in runs["data8"]["specs"].values())
+    # Adam's moments (mu, nu) are sharded like their parameter.
+    assert runs["2x2x2"]["embed_moment_specs"] == [["tensor", "fsdp"]] * 2
+
+
+def test_checkpoint_from_8_devices_restores_onto_1_and_4(meshes_report):
+    for n in ("1", "4"):
+        r = meshes_report["restored"][n]
+        assert r["params_equal"] and r["devices"] == int(n) and r["step"] == 3
+        assert r["data_state"] == {"note": "test"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_train_like_one(train_env, tmp_path):
+    port = _free_port()
+    workdir = tmp_path / "run"
+    args = ["-m", "ar1_jax.cli", "train", "--config", "ar1_tiny", "--workdir", str(workdir), "--no-progress",
+            "--set", f"data.dataset_dir={train_env['data']}", "--set", "data.batch_size=8",
+            "--set", "data.shuffle=false", "--set", "train.warmup_steps=1", "--set", "train.steps=3",
+            "--set", "train.log_every=1", "--set", "train.tensorboard=false"]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, AR1_COORDINATOR=f"localhost:{port}", AR1_NUM_PROCESSES="2", AR1_PROCESS_ID=str(i))
+        env.pop("XLA_FLAGS", None)
+        procs.append(subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, cwd=ROOT, env=env))
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(x[-4000:] for x in logs)
+    assert "2 process(es) (env), 2 cpu device(s)" in logs[0]
+    assert "ar1 train:" not in logs[1]  # only process 0 reports
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+    _run(["reference", train_env["data"], train_env["tok_dir"], tmp_path / "ref.json", workdir], devices=2)
+    ref = json.loads((tmp_path / "ref.json").read_text())
+    assert ref["device_count"] == 2 and ref["other_step"] == 3
+    np.testing.assert_allclose(losses, ref["losses"], rtol=1e-5)
+    assert ref["max_param_diff"] < 1e-6  # bitwise equal here: a two-way sum is exact in either order
