@@ -59,6 +59,7 @@ class VisionConfig:
     # Qwen3-VL only.
     num_position_embeddings: int = 0
     deepstack_visual_indexes: tuple[int, ...] = ()
+    remat: str = "none"  # rematerialise each block in the backward pass: none | full | dots | dots_no_batch
 
     @property
     def head_dim(self) -> int:
@@ -79,6 +80,7 @@ class VisionConfig:
                "hidden_size / num_heads divisible by 4 (2D rotary)", self.hidden_size)
         _check(self.hidden_act in ("silu", "gelu_pytorch_tanh", "gelu"), f"{where}.hidden_act",
                "silu | gelu_pytorch_tanh | gelu", self.hidden_act)
+        _check(self.remat in REMAT_POLICIES, f"{where}.remat", f"one of {REMAT_POLICIES}", self.remat)
         for i in self.fullatt_block_indexes:
             _check(0 <= i < self.depth, f"{where}.fullatt_block_indexes", f"indexes in [0, {self.depth})", i)
         for i in self.deepstack_visual_indexes:

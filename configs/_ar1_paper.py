@@ -14,7 +14,11 @@ from ar1_jax.text import layout
 
 def paper_ar1(name: str, backbone: Config, *, width: int, mlp: int, heads: int, action_in_hidden: int) -> Config:
     ids, tokens, vocab = layout.release()
-    model = dataclasses.replace(backbone.model, text=dataclasses.replace(backbone.model.text, vocab_size=vocab),
+    # Training at these sizes rematerialises every decoder layer and ViT block (docs/memory.md);
+    # inference does not differentiate, so remat changes nothing there.
+    model = dataclasses.replace(backbone.model,
+                                text=dataclasses.replace(backbone.model.text, vocab_size=vocab, remat="full"),
+                                vision=dataclasses.replace(backbone.model.vision, remat="full"),
                                 **layout.vision_ids(ids))
     expert = ExpertConfig(hidden_size=width, intermediate_size=mlp, num_heads=heads, action_in_hidden=action_in_hidden)
     scene = SceneConfig(num_cameras=4, num_frames=4, image_height=280, image_width=448, image_mean=CLIP_MEAN,

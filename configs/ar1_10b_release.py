@@ -15,7 +15,9 @@ BF16_FREQUENCIES = (1.0, 1.671875, 2.78125, 4.65625, 7.75, 12.9375, 21.5, 36.0, 
 def get_config() -> Config:
     ids, tokens, vocab = layout.release()
     base = qwen3_vl_8b()
-    model = dataclasses.replace(base.model, text=dataclasses.replace(base.model.text, vocab_size=vocab),
+    # Remat for training (docs/memory.md); a no-op for inference.
+    model = dataclasses.replace(base.model, text=dataclasses.replace(base.model.text, vocab_size=vocab, remat="full"),
+                                vision=dataclasses.replace(base.model.vision, remat="full"),
                                 **layout.vision_ids(ids))
     expert = ExpertConfig(hidden_size=2048, intermediate_size=8256, num_heads=16, action_in_hidden=1024,
                           action_in_layers=4, frequencies=BF16_FREQUENCIES)

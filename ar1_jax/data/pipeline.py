@@ -522,13 +522,13 @@ def _absl_flags_parsed() -> None:
 
 def make_pipeline(cfg: Config, tokenizer, mesh, *, data_dir: str | None = None, split: str | None = None,
                   seed: int | None = None, num_epochs: int | None = None, shuffle: bool | None = None,
-                  shard_options=None, microbatches: int = 1) -> "SFTBatchIterator":
+                  shard_options=None) -> "SFTBatchIterator":
     """The SFT batch iterator for this process: global `jax.Array` batches laid out on `mesh`.
 
     Settings default to `cfg.data` (`batch_size` is global); `shard_options` defaults to
     `grain.sharding.ShardByJaxProcess(drop_remainder=True)`. Each batch is a `build_sft_batch` dict
-    (see `ar1_jax.model.vla.sft_loss`). With `microbatches > 1` the vision `layout` describes one
-    micro-batch's images (`batch_size / microbatches` scenes; see `train.loop.split_microbatches`).
+    (see `ar1_jax.model.vla.sft_loss`), images in the per-scene form: `pixel_values [B, P, D]` with
+    one scene's `layout` (`ar1_jax.model.vlm.encode_media`).
     """
     import jax
 
@@ -548,10 +548,7 @@ def make_pipeline(cfg: Config, tokenizer, mesh, *, data_dir: str | None = None, 
     buckets = tuple(d.bucket_lengths) or default_buckets(cfg, tokenizer)
     ds = host_dataset(cfg, tokenizer, data_dir=data_dir, split=split, local_batch=d.batch_size // nproc,
                       shard_options=shard_options, buckets=buckets, seed=seed, num_epochs=num_epochs, shuffle=shuffle)
-    if d.batch_size % microbatches:
-        raise ValueError(f"config field `data.batch_size`: {d.batch_size} is not divisible by {microbatches} "
-                         f"micro-batches (train.grad_accum)")
-    return SFTBatchIterator(ds, cfg, mesh, buckets, microbatches=microbatches)
+    return SFTBatchIterator(ds, cfg, mesh, buckets)
 
 
 def batch_shardings(cfg: Config, mesh) -> dict:
@@ -566,10 +563,10 @@ def batch_shardings(cfg: Config, mesh) -> dict:
     b = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)[0]
     v = cfg.model.vision
     m = v.spatial_merge_size
-    layout = vision.vision_layout(v, np.asarray([[1, 2 * m, 2 * m]]))
+    layout = vision.vision_layout(v, np.asarray([[1, 2 * m, 2 * m]]))  # only its keys are used
     spec = {key: P(b, None) for key in ("input_ids", "targets", "kv_valid", "reasoning_mask", "traj_mask")}
     spec.update(positions=P(None, b, None), future_start_slot=P(b), action_position=P(b), controls=P(b, None, None),
-                controls_valid=P(b), media={"image": {"pixel_values": P(b, None), "layout": {k: P() for k in layout}}})
+                controls_valid=P(b), media={"image": {"pixel_values": P(b, None, None), "layout": {k: P() for k in layout}}})
     return jax.tree.map(lambda s: NamedSharding(mesh, s), spec, is_leaf=lambda x: isinstance(x, P))
 
 
@@ -583,7 +580,7 @@ class SFTBatchIterator:
       last_scene_ids: this process's scene ids in the last batch, in batch order.
     """
 
-    def __init__(self, dataset, cfg: Config, mesh, buckets: Sequence[int], microbatches: int = 1):
+    def __init__(self, dataset, cfg: Config, mesh, buckets: Sequence[int]):
         import jax
 
         from ar1_jax.parallel.rules import activation_spec
@@ -596,8 +593,7 @@ class SFTBatchIterator:
         self.last_scene_ids: list[str] = []
         self._nproc = jax.process_count()
         self._batch_axes = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)[0]
-        self._layout_cache: dict[tuple, dict] = {}
-        self._microbatches = microbatches
+        self._layout_cache: dict[bytes, dict] = {}
 
     def __iter__(self):
         return self
@@ -663,14 +659,14 @@ class SFTBatchIterator:
                 out[key] = put(x, P(None, b, None), 1)
             else:
                 out[key] = put(x, P(b, *([None] * (x.ndim - 1))), 0)
-        global_b = batch["input_ids"].shape[0] * n // self._microbatches
-        grid = host["image_grid_thw"]
-        key = (global_b, grid.tobytes())
+        grid = host["image_grid_thw"]  # one scene's images; every scene of the batch has the same
+        key = grid.tobytes()
         if key not in self._layout_cache:
-            self._layout_cache = {key: vision.vision_layout(self.cfg.model.vision, np.tile(grid, (global_b, 1)))}
+            self._layout_cache = {key: vision.vision_layout(self.cfg.model.vision, grid)}
         layout = {k: put(v, P(), None) for k, v in self._layout_cache[key].items()}
-        out["media"] = {"image": {"pixel_values": put(host["pixel_values"].astype(np.float32), P(b, None), 0),
-                                  "layout": layout}}
+        b_local = batch["input_ids"].shape[0]
+        pv = host["pixel_values"].astype(np.float32).reshape(b_local, -1, host["pixel_values"].shape[-1])
+        out["media"] = {"image": {"pixel_values": put(pv, P(b, None, None), 0), "layout": layout}}
         return out
 
     def get_state(self) -> dict:

@@ -33,8 +33,9 @@ from flax import nnx
 from ar1_jax.config import VisionConfig
 from ar1_jax.model import attention as attn_lib
 from ar1_jax.model import rope
-from ar1_jax.model.layers import activation, dense, layer_norm, make_param, rms_norm
+from ar1_jax.model.layers import activation, dense, layer_norm, make_param, remat_policy, rms_norm
 from ar1_jax.model.text import Params
+from ar1_jax.parallel.rules import shard_activation
 
 
 class VisionTower(nnx.Module):
@@ -190,8 +191,13 @@ def _merger(mp: dict, x, cfg: VisionConfig, postshuffle: bool):
 
 
 def vision_forward(params: dict, cfg: VisionConfig, pixel_values, layout: dict, *, dtype=jnp.float32,
-                   impl: str = "xla"):
-    """Image tokens `[Np / 4, Eo]` and DeepStack features `[n_deep, Np / 4, Eo]` (or None)."""
+                   impl: str = "xla", batched: bool = False):
+    """Image tokens `[Np / 4, Eo]` and DeepStack features `[n_deep, Np / 4, Eo]` (or None).
+
+    `batched`: called under `jax.vmap(..., spmd_axis_name=...)` over scenes; the residual stream is
+    then pinned to the vmapped batch sharding, so XLA keeps each scene on its devices instead of
+    following the (FSDP-sharded) weights and gathering the whole batch."""
+    pin = (lambda h: shard_activation(h, (None, None))) if batched else (lambda h: h)
     qwen3 = cfg.family == "qwen3_vl"
     x = dense(pixel_values.astype(dtype), params["patch_embed"]["kernel"], params["patch_embed"].get("bias"))
     if qwen3:
@@ -225,6 +231,7 @@ def vision_forward(params: dict, cfg: VisionConfig, pixel_values, layout: dict, 
 
     def block(carry, xs):
         x, deep = carry
+        x = pin(x)
         bp, is_full, slot = xs
         a = bp["attn"]
         h = norm(bp["norm1"], x)
@@ -242,12 +249,14 @@ def vision_forward(params: dict, cfg: VisionConfig, pixel_values, layout: dict, 
         else:
             y = dense(act(dense(h, mp["gate_kernel"], mp["gate_bias"])) * dense(h, mp["up_kernel"], mp["up_bias"]),
                       mp["down_kernel"], mp["down_bias"])
-        x = x + y
+        x = pin(x + y)
         if deep is not None:
             updated = jax.lax.dynamic_update_index_in_dim(deep, x, jnp.maximum(slot, 0), 0)
             deep = jnp.where(slot >= 0, updated, deep)
         return (x, deep), None
 
+    if cfg.remat != "none":  # also drops the residuals of the window/full branch not taken
+        block = jax.checkpoint(block, policy=remat_policy(cfg.remat))
     deep0 = jnp.zeros((n_deep,) + x.shape, x.dtype) if n_deep else None
     (x, deep), _ = jax.lax.scan(block, (x, deep0), (params["blocks"], jnp.asarray(full_flags), jnp.asarray(deep_slot)))
     tokens = _merger(params["merger"], x, cfg, postshuffle=False)

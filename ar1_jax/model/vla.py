@@ -105,8 +105,10 @@ def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None
 
     Each example: `input_ids [T_i]` and `segments [T_i]` (the `kind` codes of
     `ar1_jax.text.tokenizer.build_prompt`), optional `pixel_values` / `image_grid_thw`, and
-    `controls [64, 2]` (normalised). Images of all examples are concatenated in order, as the HF
-    processor does.
+    `controls [64, 2]` (normalised). When every example has images of the same grid (a fixed camera
+    rig), `media.image.pixel_values` is per scene, `[B, patches per scene, D]` with one scene's
+    `layout`; otherwise all examples' patches are concatenated in order (`[patches, D]`, the HF
+    processor's form) with the layout of all of them. `vlm.encode_media` takes either.
     """
     n = len(examples)
     t = length or max(len(e["input_ids"]) for e in examples)
@@ -117,6 +119,9 @@ def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None
     for i, e in enumerate(examples):
         if len(e["segments"]) != len(e["input_ids"]):
             raise ValueError(f"example {i}: {len(e['segments'])} segment codes for {len(e['input_ids'])} tokens")
+        if e.get("pixel_values") is not None and np.ndim(e["pixel_values"]) != 2:
+            raise ValueError(f"example {i}: pixel_values must be one scene's [patches, D], got shape "
+                             f"{np.shape(e['pixel_values'])}")
         ids[i, :len(e["input_ids"])] = e["input_ids"]
         kind[i, :len(e["segments"])] = e["segments"]
     mask = kind >= 0
@@ -133,7 +138,11 @@ def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None
     if not np.all(ids[np.arange(n), fs] == cfg.tokens.traj_future_start_id):
         raise ValueError("every SFT example needs a <|traj_future_start|> token")
     media = None
-    if pvs:
+    if pvs and len(pvs) == n and all(np.array_equal(g, grids[0]) for g in grids):
+        # Every scene has the same cameras and sizes: per-scene format (see vlm.encode_media).
+        media = {"image": {"pixel_values": np.stack(pvs, 0).astype(np.float32),
+                           "layout": vision.vision_layout(cfg.model.vision, grids[0])}}
+    elif pvs:
         media = {"image": {"pixel_values": np.concatenate(pvs, 0).astype(np.float32),
                            "layout": vision.vision_layout(cfg.model.vision, grid)}}
     return dict(

@@ -23,7 +23,7 @@ from ar1_jax.config import VLMConfig
 from ar1_jax.model import kv_cache as kv_lib
 from ar1_jax.model import attention, rope, text, vision
 from ar1_jax.model.layers import dtype_of
-from ar1_jax.parallel.rules import activation_spec, use_rules
+from ar1_jax.parallel.rules import activation_spec, batch_mesh_axes, shard_activation, use_rules
 
 
 class VLM(nnx.Module):
@@ -35,13 +35,46 @@ class VLM(nnx.Module):
 
 
 def encode_media(params: dict, cfg: VLMConfig, media: dict | None, *, dtype, impl: str) -> dict:
-    """Runs the vision tower: `{kind: (tokens [N, E], deepstack [n_deep, N, E] or None)}`."""
+    """Runs the vision tower: `{kind: (tokens, deepstack or None)}`.
+
+    `media[kind]["pixel_values"]` is either flat, `[patches, D]` with a `layout` of all its images
+    (any mix of sizes, as HF's processor gives): tokens `[N, E]`, deepstack `[n_deep, N, E]`; or per
+    scene, `[S, P, D]` with the `layout` of one scene's images, the same for every scene (the
+    training pipeline's form): tokens `[S, N_s, E]`, deepstack `[n_deep, S, N_s, E]`. Per scene, the
+    tower is vmapped over S with the batch's mesh axes, so a batch sharded over devices stays
+    sharded through the tower (each device encodes only its own scenes).
+    """
     out = {}
     for kind in ("image", "video"):
-        if media and kind in media:
-            out[kind] = vision.vision_forward(params["vision"], cfg.vision, media[kind]["pixel_values"],
-                                              media[kind]["layout"], dtype=dtype, impl=impl)
+        if not (media and kind in media):
+            continue
+        pv, layout = media[kind]["pixel_values"], media[kind]["layout"]
+        if pv.ndim == 2:
+            out[kind] = vision.vision_forward(params["vision"], cfg.vision, pv, layout, dtype=dtype, impl=impl)
+            continue
+        pv = shard_activation(pv, ("batch", None, None))
+        one = lambda x: vision.vision_forward(params["vision"], cfg.vision, x, layout, dtype=dtype, impl=impl,
+                                              batched=True)
+        tokens, deep = jax.vmap(one, spmd_axis_name=batch_mesh_axes())(pv)
+        out[kind] = (tokens, None if deep is None else jnp.moveaxis(deep, 1, 0))
     return out
+
+
+def _scatter_rows(x, deep_dense, input_ids, token_id: int, feats, deep, dtype):
+    """Per-scene features into their rows: row b's placeholders get `feats[b]` in order (the batch
+    dim stays a batch dim, so a sharded batch is scattered where it lives)."""
+    t = x.shape[1]
+
+    def row(x_r, ids_r, f_r, d_r, deep_r):
+        (idx,) = jnp.nonzero(ids_r == token_id, size=f_r.shape[0], fill_value=t)
+        x_r = x_r.at[idx].set(f_r.astype(dtype), mode="drop")
+        if d_r is not None:
+            d_r = d_r.at[:, idx].set(deep_r.astype(dtype), mode="drop")
+        return x_r, d_r
+
+    d_axis = None if deep_dense is None else 1
+    return jax.vmap(row, in_axes=(0, 0, 0, d_axis, d_axis), out_axes=(0, d_axis),
+                    spmd_axis_name=batch_mesh_axes())(x, input_ids, feats, deep_dense, deep)
 
 
 def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None, *, dtype, impl: str,
@@ -50,8 +83,9 @@ def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None
 
     `media` holds per kind (`image`, `video`) a dict `{pixel_values, layout}` (or pass the tower's
     output as `encoded`); features replace the placeholder tokens in row-major order (as HF's
-    `masked_scatter`). Returns the embeddings `[B, T, E]` and the DeepStack features spread over the
-    sequence `[n_deep, B, T, E]` (or None).
+    `masked_scatter`); per-scene features (`[B, N_s, E]`, see `encode_media`) go to their own row.
+    Returns the embeddings `[B, T, E]` and the DeepStack features spread over the sequence
+    `[n_deep, B, T, E]` (or None).
     """
     if encoded is None:
         encoded = encode_media(params, cfg, media, dtype=dtype, impl=impl)
@@ -62,13 +96,17 @@ def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None
         if kind not in encoded:
             continue
         feats, deep = encoded[kind]
+        if deep is not None and deep_dense is None:
+            deep_dense = jnp.zeros((deep.shape[0], b, t, e), dtype)
+        if feats.ndim == 3:
+            if feats.shape[0] != b:
+                raise ValueError(f"per-scene {kind} features for {feats.shape[0]} scenes, but the batch has {b} rows")
+            x, deep_dense = _scatter_rows(x, deep_dense, input_ids, token_id, feats, deep, dtype)
+            continue
         (idx,) = jnp.nonzero((input_ids == token_id).reshape(-1), size=feats.shape[0], fill_value=b * t)
         x = x.reshape(b * t, e).at[idx].set(feats.astype(dtype), mode="drop").reshape(b, t, e)
         if deep is not None:
-            if deep_dense is None:
-                deep_dense = jnp.zeros((deep.shape[0], b * t, e), dtype)
-            else:
-                deep_dense = deep_dense.reshape(deep.shape[0], b * t, e)
+            deep_dense = deep_dense.reshape(deep.shape[0], b * t, e)
             deep_dense = deep_dense.at[:, idx].set(deep.astype(dtype), mode="drop").reshape(-1, b, t, e)
     return x, deep_dense
 

@@ -215,3 +215,12 @@ def shard_activation(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(names, x.shape, mesh, _RULES_STACK[-1])
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def batch_mesh_axes() -> str | tuple[str, ...] | None:
+    """The mesh axes the current rules put `batch` on, for `jax.vmap(..., spmd_axis_name=...)` over
+    examples; None without a mesh (`jax.set_mesh`) or on one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None
+    return logical_to_spec(("batch",), None, mesh, _RULES_STACK[-1])[0]

@@ -52,15 +52,14 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------------------------------
 # Micro-batches.
 
-_LAYOUT_KEYS = ("layout",)
 
 
 def split_microbatches(batch: dict, m: int) -> dict:
     """Splits a `build_sft_batch`-format batch into `m` micro-batches along a new leading axis.
 
     Micro-batch k takes rows k, k+m, k+2m, ... so that, with the batch sharded over devices in
-    contiguous blocks, every micro-batch keeps rows on every device (no data moves). The vision
-    `layout` (identical per scene) must already describe one micro-batch's images.
+    contiguous blocks, every micro-batch keeps rows on every device (no data moves). Images must be
+    in the per-scene form (`pixel_values [B, P, D]`, one scene's `layout`, shared by all).
     """
     if m == 1:
         return jax.tree.map(lambda x: x[None], batch)
@@ -81,11 +80,11 @@ def split_microbatches(batch: dict, m: int) -> dict:
     if media is not None:
         out["media"] = {}
         for kind, item in media.items():
-            pv = item["pixel_values"]  # [B * patches, D], scene-major
-            per = pv.shape[0] // b
-            pv = rows(pv.reshape(b, per, pv.shape[-1])).reshape(m, (b // m) * per, pv.shape[-1])
-            layout = jax.tree.map(lambda x: jnp.broadcast_to(x, (m,) + x.shape), item["layout"])
-            out["media"][kind] = {"pixel_values": pv, "layout": layout}
+            if item["pixel_values"].ndim != 3:
+                raise ValueError("gradient accumulation needs per-scene images (pixel_values [B, P, D], as the "
+                                 "pipeline gives): flat pixel_values cannot be split by scene")
+            layout = jax.tree.map(lambda x: jnp.broadcast_to(x, (m,) + x.shape), item["layout"])  # shared
+            out["media"][kind] = {"pixel_values": rows(item["pixel_values"]), "layout": layout}
     return out
 
 
@@ -271,14 +270,23 @@ class RunResult:
 
 
 class _Preemption:
-    """Turns SIGTERM (and SIGINT) into a flag the loop checks between steps."""
+    """Stops the loop at a step boundary on SIGTERM (preemption) or Ctrl-C, on every process alike.
+
+    One process: a Python signal handler sets a flag. Several processes: JAX's preemption service
+    (started by `jax.distributed.initialize`) catches SIGTERM on any of them and the processes agree,
+    through the coordination service (no device collective, so steps stay asynchronous), on one step
+    at which all of them stop and save. Ctrl-C is left alone there (KeyboardInterrupt, no save): a
+    save needs every process, and an interrupt reaches them at different steps.
+    """
 
     def __init__(self):
         self.signal: int | None = None
         self._old = {}
+        self._multi = jax.process_count() > 1
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # With several processes SIGTERM belongs to JAX's preemption notifier: do not take it over.
+        for sig in () if self._multi else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
@@ -290,13 +298,15 @@ class _Preemption:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.signal = signum
 
-    def requested(self) -> bool:
-        flag = self.signal is not None
-        if jax.process_count() > 1:  # every process must stop at the same step
+    def requested(self, step: int) -> bool:
+        """Whether to stop after `step` (call once per step, with consecutive steps, on every process)."""
+        if self._multi:
             from jax.experimental import multihost_utils
 
-            flag = bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
-        return flag
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal = signal.SIGTERM
+                return True
+        return self.signal is not None
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -329,7 +339,7 @@ def run(cfg: Config, workdir: str | pathlib.Path, *, tokenizer=None, mesh=None, 
     trainer = Trainer(cfg, mesh, loss_fn=loss_fn)
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", cfg, keep=tc.keep_checkpoints, keep_best=tc.keep_best,
                                  async_save=tc.async_checkpoint)
-    data = make_pipeline(cfg, tokenizer, mesh, microbatches=tc.grad_accum)
+    data = make_pipeline(cfg, tokenizer, mesh)
     restored = ckpt.restore_latest(trainer.abstract_state)
     if restored is not None:
         state, data_state = restored
@@ -384,7 +394,8 @@ def run(cfg: Config, workdir: str | pathlib.Path, *, tokenizer=None, mesh=None, 
                     last = check(*pending)
                     now = time.perf_counter()
                     seconds = (now - window_t0) / window_steps
-                    shape_key = tuple(batch["input_ids"].shape) + (batch["media"]["image"]["pixel_values"].shape[0],)
+                    pv_shape = batch["media"]["image"]["pixel_values"].shape
+                    shape_key = tuple(batch["input_ids"].shape) + (math.prod(pv_shape[:-1]),)
                     if shape_key not in flops_cache:
                         flops_cache[shape_key] = flops_lib.sft_step_flops(
                             cfg, batch_size=shape_key[0], seq_len=shape_key[1], num_patches=shape_key[2],
@@ -403,7 +414,7 @@ def run(cfg: Config, workdir: str | pathlib.Path, *, tokenizer=None, mesh=None, 
                 if step % tc.checkpoint_every == 0 and step < end:
                     last = check(*pending)
                     ckpt.save(step, state, data.get_state(), metrics={"loss": last["loss"]})
-                if preempt.requested():
+                if preempt.requested(step):
                     reason = "preempted" if preempt.signal == signal.SIGTERM else "interrupted"
                     break
             if reason == "done" and step < tc.steps:

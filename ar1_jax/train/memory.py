@@ -15,8 +15,11 @@ Analytic estimate (`analytic_estimate`), per device:
   batch                   the batch shard (`abstract_batch`).
   activations             `activation_estimate` (see there): the peak of what the forward saves for
                           the backward plus the largest working phase (loss, one layer, one ViT block).
-  total                   the sum. XLA's real peak differs (fusion, scheduling, collectives' buffers);
-                          `compiled_estimate` is the check (docs/memory.md: within 0.92-1.18 on CPU).
+  total                   the sum: the bytes live at the step's peak. XLA's allocation differs
+                          (fusion, scheduling, collectives' buffers, and the packing of its temp
+                          buffer); `compiled_estimate` is the check (docs/memory.md: compiled on CPU /
+                          analytic with f32 activations about 1.0-1.06 at 2-10 scenes per device, up to
+                          ~1.4 at one scene per device, where the CPU packs its temp buffer loosely).
 
 Compiled figure (`compiled_estimate`): `Compiled.memory_analysis()` of the jitted step (state donated):
 argument, output, alias (output bytes that reuse donated inputs) and temp bytes;
@@ -46,10 +49,14 @@ GiB = 2**30
 # with the release tokenizer (not available offline); sequences are rounded up to 128 anyway.
 PROMPT_TEXT_TOKENS = 64
 REASONING_TOKENS = 40  # a typical Chain-of-Causation trace (about 40 tokens)
-# Whether the ViT's activations are split over the batch shards. They are not today: the per-segment
-# attention gathers patches with replicated index arrays (`vision.vision_layout`), so every device runs
-# the tower on the whole global micro-batch (seen in the compiled step's buffers). Flip when that changes.
-VISION_SHARDED = False
+# Whether the ViT's activations are split over the batch shards. They are: `vlm.encode_media` vmaps the
+# tower over the scenes of a per-scene batch (`pixel_values [B, P, D]`) with `spmd_axis_name` = the batch's
+# mesh axes (`rules.batch_mesh_axes`), and `vision.vision_forward(..., batched=True)` pins the block carry,
+# so each device encodes only its own scenes (`compiled_estimate` reports `vision_replicated`, checked by
+# tests/train/test_memory.py). `analytic_estimate(..., vision_sharded=False)` still models a tower run on
+# the global micro-batch on every device.
+VISION_SHARDED = True
+LOGIT_COPIES = 3  # f32 [Bm, T, V] buffers live at the loss's peak (see `activation_estimate`)
 
 # Accelerators we size for: HBM a program can use per device (bytes) and devices per host. H100 SXM:
 # 81559 MiB (JAX preallocates 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION is raised); v5p: 95 GiB
@@ -58,14 +65,26 @@ TARGETS = {
     "H100 80GB": dict(hbm=81559 * 2**20, per_host=8),
     "TPU v5p": dict(hbm=95 * GiB, per_host=4),
 }
-# Documented recipes (docs/memory.md): a mesh and global batch per config that fit both targets today,
-# with the overrides they need (bf16 compute and f32 master weights are the configs' defaults). The ViT is
-# frozen because a trained one keeps far too much (see `VISION_SHARDED` and docs/memory.md).
+# Documented recipes (docs/memory.md): a mesh and global batch per config that fit both targets with
+# everything trained (the `sft1` / `sft2` setup), bf16 compute, f32 master weights and AdamW moments, and
+# remat of every decoder layer and ViT block (all four configs' defaults, so no overrides), with the ViT
+# and the feature scatter split over the batch as the model runs them. Each is the largest batch (a
+# multiple of the device count) that was compiled on fake CPU devices (2026-11-25) with its CPU peak
+# also under 90% of an H100 (except ar1_10b_release on 16 devices: 64 passes too, by 0.13 GiB, and was
+# left out for lack of margin); the next multiples up are over (docs/memory.md).
+# `RECIPES` (used by `ar1 bench memory --recipe`): 8 devices, one H100 node or a v5p-16 slice;
+# `RECIPES_16`: 16 devices, two H100 nodes or a v5p-32.
 RECIPES = {
-    "ar1_0p5b": dict(mesh="data=8", batch=32, overrides=("model.text.remat=full", "train.frozen=vision")),
-    "ar1_3b": dict(mesh="fsdp=8", batch=32, overrides=("model.text.remat=full", "train.frozen=vision")),
-    "ar1_7b": dict(mesh="fsdp=8", batch=16, overrides=("model.text.remat=full", "train.frozen=vision")),
-    "ar1_10b_release": dict(mesh="fsdp=8", batch=16, overrides=("model.text.remat=full", "train.frozen=vision")),
+    "ar1_0p5b": dict(mesh="fsdp=8", batch=80, overrides=()),
+    "ar1_3b": dict(mesh="fsdp=8", batch=48, overrides=()),
+    "ar1_7b": dict(mesh="fsdp=8", batch=32, overrides=()),
+    "ar1_10b_release": dict(mesh="fsdp=8", batch=24, overrides=()),
+}
+RECIPES_16 = {
+    "ar1_0p5b": dict(mesh="fsdp=16", batch=160, overrides=()),
+    "ar1_3b": dict(mesh="fsdp=16", batch=112, overrides=()),
+    "ar1_7b": dict(mesh="fsdp=16", batch=80, overrides=()),
+    "ar1_10b_release": dict(mesh="fsdp=16", batch=48, overrides=()),
 }
 # A step "fits" when its estimate is at most this share of the HBM (fragmentation, collectives'
 # buffers, kernel workspaces and the runtime are not in the estimate).
@@ -145,8 +164,9 @@ def abstract_batch(cfg: Config, mesh, batch_size: int, seq_len: int) -> dict:
     """`jax.ShapeDtypeStruct`s shaped like a pipeline batch (`build_sft_batch` + media) of
     `batch_size` scenes of `seq_len` tokens, with `pipeline.batch_shardings(cfg, mesh)`.
 
-    `mesh` is a `Mesh` or `AbstractMesh`. The vision `layout` describes one micro-batch's images
-    (`batch_size / train.grad_accum` scenes), as the pipeline makes it.
+    `mesh` is a `Mesh` or `AbstractMesh`. Images are in the per-scene form: `pixel_values
+    [batch_size, patches per scene, D]` (split over the batch shards) and the `layout` of one scene's
+    images, shared by every scene and micro-batch (replicated).
     """
     from ar1_jax.data.pipeline import batch_shardings
     from ar1_jax.model import vision
@@ -156,13 +176,13 @@ def abstract_batch(cfg: Config, mesh, batch_size: int, seq_len: int) -> dict:
         raise ValueError(f"batch_size {b} is not divisible by train.grad_accum={m}")
     grid = scene_grid(cfg)
     patches = int(sum(tt * h * w for tt, h, w in grid))
-    layout = vision.vision_layout(cfg.model.vision, np.tile(grid, (b // m, 1)))
+    layout = vision.vision_layout(cfg.model.vision, grid)
     i32, f32, bool_ = np.dtype(np.int32), np.dtype(np.float32), np.dtype(bool)
     shapes = dict(
         input_ids=((b, t), i32), targets=((b, t), i32), positions=((3, b, t), i32), kv_valid=((b, t), bool_),
         reasoning_mask=((b, t), bool_), traj_mask=((b, t), bool_), future_start_slot=((b,), i32),
         action_position=((b,), i32), controls=((b, cfg.action.horizon, 2), f32), controls_valid=((b,), bool_),
-        media={"image": {"pixel_values": ((b * patches, cfg.model.vision.patch_dim), f32),
+        media={"image": {"pixel_values": ((b, patches, cfg.model.vision.patch_dim), f32),
                          "layout": {k: (x.shape, x.dtype) for k, x in layout.items()}}})
     shardings = batch_shardings(cfg, mesh)
     is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype)
@@ -222,9 +242,10 @@ def activation_estimate(cfg: Config, mesh_shape: Mapping[str, int], batch_size: 
                         act_bytes: int | None = None) -> dict:
     """What one micro-batch's forward/backward keeps alive at its peak, per device, in bytes, by part.
 
-    Peak (`total`) = vision_saved + max(text_checkpoints + kv_cache + expert + max(loss_phase,
-    layer_phase), vision_phase): the saved terms live from the forward to their layer's backward; the
-    ViT's working phase comes before the decoder's forward (frozen ViT) or after its backward (trained).
+    Peak (`total`) = vision_saved + max(text_checkpoints + kv_cache + expert + media_scatter +
+    max(loss_phase, layer_phase), vision_phase): the saved terms live from the forward to their
+    layer's backward; the ViT's working phase comes before the decoder's forward (frozen ViT) or
+    after its backward (trained).
     Bm = the per-device micro-batch (batch_size / grad_accum over the mesh axes the rules give
     `batch`); every dim is divided by the mesh axes the rules give its logical name (heads, kv_heads,
     mlp, vocab on `tensor` by default); c = bytes of `model.dtype`. `attention`: "xla" (materialised
@@ -238,24 +259,34 @@ def activation_estimate(cfg: Config, mesh_shape: Mapping[str, int], batch_size: 
       kv_cache          the per-layer K/V the expert reads: 2 * L * Bm*T*K*D * c.
       expert            per layer: the concatenated prefix + action K/V, 2 * Bm*(T+A)*K*D * c, and
                         (xla) the f32 scores and their copy, Bm*He*A*(T+A) * 8.
-      vision_saved      a trained ViT (no remat) keeps per block and patch (8 Ev + 6 Fv) * c
-                        (Qwen3-VL, no window attention: 5 Ev + 6 Fv), plus (xla) per frame
-                        Hv*P*P * (4 + c + 1) for the full-frame scores, probabilities and mask, and for
-                        Qwen2.5-VL the same for every window (the block's `lax.cond` keeps both
-                        branches' residuals).
-      loss_phase        f32 logits, their log-softmax, exp, gradient and a transposed copy:
-                        5 * Bm*T*V * 4, plus the FSDP-gathered LM head (or tied embedding) and its
-                        f32 gradient, 2 * V*E * 4.
+      vision_saved      a trained ViT, Np patches (Pf per frame, Nf frames), Lv blocks of width Ev,
+                        MLP Fv, Hv heads; pairs = Nf*Hv*Pf^2 full-frame score entries (xla), plus for
+                        Qwen2.5-VL Nw*Hv*Pw^2 window ones (its `lax.cond` keeps both branches'). Per
+                        `model.vision.remat`: full: each block's input, Lv * Np*Ev * c; none: each
+                        block's residuals, Lv * B with B = Np*(8 Ev + 6 Fv)*c (Qwen3-VL: 5 Ev)
+                        + pairs*(4 + c + 1); dots: Lv * 0.6 B (scores only for `dots`). Plus the
+                        patch mergers' residuals, 7 * Np*Ev * c each (1 + DeepStack ones), and
+                        Qwen3-VL's DeepStack carry, n_deep * Np*Ev * c.
+      media_scatter     the image tokens written into the sequence and Qwen3-VL's DeepStack
+                        features spread over it, (Ni + n_deep * T) * E * 4 per scene, Ni image tokens
+                        a scene, for the device's own scenes (`vlm.embed_multimodal` scatters row by
+                        row, vmapped over the batch shards).
+      loss_phase        `LOGIT_COPIES` (3) f32 [Bm, T, V] buffers live at once (logits, their
+                        exp / log-softmax, the gradient and its transposed copy, XLA reusing buffers
+                        in place): 3 * Bm*T*V * 4, plus the FSDP-gathered LM head (or tied
+                        embedding) and its f32 gradient, 2 * V*E * 4.
       layer_phase       one decoder layer recomputed and differentiated: 2 S, plus (xla) its scores'
                         working set Bm*H*T*T * (5 * 4 + 1), plus the gathered layer weights and their
                         f32 gradients, 2 * W * 4.
-      vision_phase      one ViT block at a time: forward and backward of one block (2x its saved
-                        set); a frozen ViT has no backward and no `vision_saved`, only one block's
-                        forward: (4 Ev + 3 Fv) * c per patch and (xla) scores f32, exp f32, probs c.
+      vision_phase      trained: one block's backward (recomputed if remat): without remat 2 B;
+                        with remat, the larger of its attention part, Np*12 Ev*c + full pairs *
+                        (12 + c + 1; Qwen3-VL 12) + window pairs * (4 + c + 1), and its MLP part,
+                        Np*(2 Ev + 6 Fv)*c. Frozen: one block's forward, nothing kept:
+                        Np*(4 Ev + 3 Fv)*c + pairs * (4 + 4 + c).
 
-    The ViT sees the whole global micro-batch on every device unless `vision_sharded` (see
-    `VISION_SHARDED`). Frozen modules (`train.frozen`) keep no residuals unless a gradient passes
-    through them to a trained module. `act_bytes` overrides c: the CPU backend computes bf16
+    The ViT's patch count is that of the per-device micro-batch if `vision_sharded`, of the global
+    micro-batch otherwise (see `VISION_SHARDED`). Frozen modules (`train.frozen`) keep no residuals
+    unless a gradient passes through them to a trained module. `act_bytes` overrides c: the CPU backend computes bf16
     elementwise work in f32 and keeps many of those buffers in f32, so `act_bytes=4` is what fake CPU
     devices show for a bf16 config.
     """
@@ -293,18 +324,22 @@ def activation_estimate(cfg: Config, mesh_shape: Mapping[str, int], batch_size: 
         out["expert"] = L * (2 * prefix * c + escores * 8) if trained["expert"] else 0.0
     else:
         out["expert"] = 0.0
-    v_saved, v_block, v_forward = _vision(cfg, local, gb, c, xla, vision_sharded)
-    out["vision_saved"] = v_saved if vision_grad else 0.0
+    out["vision_saved"], v_phase = _vision(cfg, local, gb, c, xla, vision_sharded, vision_grad)
+    v = cfg.model.vision
+    n_deep = len(v.deepstack_visual_indexes) if v.family == "qwen3_vl" else 0
+    scenes = local(("batch",), (gb,))  # `vlm._scatter_rows`: per scene, vmapped over the batch shards
+    out["media_scatter"] = scenes * (image_tokens_per_scene(cfg) + n_deep * t) * E * 4
     layer_w = (local((None, "heads", None), (E, H + 2 * K, D)) + local(("heads", None, None), (H, D, E))
                + 3 * local((None, "mlp"), (E, F)))
     head_w = local(("vocab", None), (V, E))
     logits = local(("batch", "seq", "vocab"), (gb, t, V))
-    phases = dict(loss_phase=(5 * logits + 2 * head_w) * 4,
+    phases = dict(loss_phase=(LOGIT_COPIES * logits + 2 * head_w) * 4,
                   layer_phase=(2 * saved + scores * 21 + 2 * layer_w * 4) if text_grad else 0.0,
-                  vision_phase=2 * v_block if vision_grad else v_forward)
+                  vision_phase=v_phase)
     out.update(phases)
     out = {k: int(v) for k, v in out.items()}
-    text = out["text_checkpoints"] + out["kv_cache"] + out["expert"] + max(out["loss_phase"], out["layer_phase"])
+    text = (out["text_checkpoints"] + out["kv_cache"] + out["expert"] + out["media_scatter"]
+            + max(out["loss_phase"], out["layer_phase"]))
     out["total"] = out["vision_saved"] + max(text, out["vision_phase"])
     return out
 
@@ -326,9 +361,9 @@ def _layer_saved(local, b, t, E, H, K, D, F, c) -> float:
     return (4 * e + 3 * hd + 4 * kd + 4 * f) * c
 
 
-def _vision(cfg: Config, local, gb: int, c: int, xla: bool, sharded: bool) -> tuple[float, float, float]:
-    """Per device: (bytes all ViT blocks save for the backward, bytes one block saves, bytes one block's
-    forward holds when nothing is saved)."""
+def _vision(cfg: Config, local, gb: int, c: int, xla: bool, sharded: bool, trained: bool) -> tuple[float, float]:
+    """Per device: (bytes the ViT keeps from its forward to its backward, bytes of its largest working
+    phase: one block's forward if frozen, one block's backward if trained). See `activation_estimate`."""
     v = cfg.model.vision
     grid = scene_grid(cfg)
     per_frame = int(grid[0, 1] * grid[0, 2])
@@ -337,18 +372,36 @@ def _vision(cfg: Config, local, gb: int, c: int, xla: bool, sharded: bool) -> tu
     patches = frames * per_frame
     qwen3 = v.family == "qwen3_vl"
     ev, fv = v.hidden_size, v.intermediate_size
-    saved = patches * ((5 if qwen3 else 8) * ev + 6 * fv) * c
-    forward = patches * (4 * ev + 3 * fv) * c
+    full_pairs = win_pairs = 0.0
     if xla:
-        pairs = frames * v.num_heads * per_frame**2
+        full_pairs = frames * v.num_heads * per_frame**2
         if not qwen3:  # window attention over (window_size / patch)^2 patches
             side = v.window_size // v.patch_size
             n_win = math.ceil(grid[0, 1] / side) * math.ceil(grid[0, 2] / side)
-            pairs += frames * n_win * v.num_heads * (side * side) ** 2
-        saved += pairs * (4 + c + 1)
-        forward += pairs * (4 + 4 + c)
-    deep = len(v.deepstack_visual_indexes) * patches * ev * c if qwen3 else 0.0
-    return v.depth * saved + deep, saved, forward
+            win_pairs = frames * n_win * v.num_heads * (side * side) ** 2
+    pairs = full_pairs + win_pairs
+    if not trained:  # one block's forward, nothing kept
+        return 0.0, patches * (4 * ev + 3 * fv) * c + pairs * (4 + 4 + c)
+    # One block's residuals without remat (Qwen2.5's lax.cond keeps both branches' scores).
+    block = patches * ((5 if qwen3 else 8) * ev + 6 * fv) * c + pairs * (4 + c + 1)
+    n_deep = len(v.deepstack_visual_indexes) if qwen3 else 0
+    # The DeepStack carry, and the patch mergers' residuals (outside the blocks' remat): ~7 Ev per patch
+    # and merger (norm in / out, fc1 in / out, GELU, seen as f32 and bf16 copies on CPU).
+    deep = n_deep * patches * ev * c + (1 + n_deep) * 7 * patches * ev * c
+    if v.remat == "none":
+        return v.depth * block + deep, 2 * block
+    if v.remat == "full":
+        saved = patches * ev * c  # the block's input
+    else:  # dots / dots_no_batch: the matmul outputs (and, for `dots`, the attention scores)
+        saved = 0.6 * patches * ((5 if qwen3 else 8) * ev + 6 * fv) * c
+        saved += pairs * (4 + c + 1) if v.remat == "dots" else 0.0
+    # A block's backward, recomputed: at its attention, q / k / v, the output and their gradients
+    # (~12 Ev per patch) plus the f32 scores, probabilities and their gradient (12 bytes a pair; Qwen2.5's
+    # cond also keeps bf16 probabilities and a mask, and the window branch's set); at its MLP, the
+    # hidden activations and their gradients.
+    attn = patches * 12 * ev * c + full_pairs * (12 + (0 if qwen3 else c + 1)) + win_pairs * (4 + c + 1)
+    mlp = patches * (2 * ev + 6 * fv) * c
+    return v.depth * saved + deep, max(attn, mlp)
 
 
 def analytic_estimate(cfg: Config, mesh_shape: Mapping[str, int], batch_size: int, seq_len: int,
@@ -371,7 +424,8 @@ def analytic_estimate(cfg: Config, mesh_shape: Mapping[str, int], batch_size: in
                 devices=math.prod(shape.values()), batch_size=batch_size, seq_len=seq_len,
                 micro_batch_per_device=micro // shards, num_params=state["num_params"],
                 attention=attention or ("xla" if cfg.model.attention_impl == "xla" else "flash"),
-                remat=cfg.model.text.remat, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+                remat=cfg.model.text.remat, vision_remat=cfg.model.vision.remat, vision_sharded=vision_sharded,
+                dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -382,8 +436,12 @@ def compiled_estimate(cfg: Config, mesh: jax.sharding.Mesh, batch_size: int, seq
     """XLA's memory analysis of the compiled train step on `mesh` (bytes per device); never runs it.
 
     Returns argument / output / alias / temp / generated-code bytes, `peak` (argument + output - alias +
-    temp), `state_argument` and `batch_argument` (the argument's two parts, analytic), and timings.
+    temp), `state_argument` and `batch_argument` (the argument's two parts, analytic), timings, and
+    `vision_replicated`: whether some per-device buffer of the compiled step spans all the global
+    micro-batch's scenes at the per-scene patch count (`[B / grad_accum, patches, ...]`), i.e. the ViT
+    is not split over the batch (see `VISION_SHARDED`); None when the batch is not split.
     """
+    import re
     import time
 
     from ar1_jax.data.pipeline import batch_shardings
@@ -394,15 +452,22 @@ def compiled_estimate(cfg: Config, mesh: jax.sharding.Mesh, batch_size: int, seq
     batch = abstract_batch(cfg, mesh, batch_size, seq_len)
     lowered = trainer.compile_step(batch_shardings(cfg, mesh)).lower(trainer.abstract_state, batch)
     t1 = time.perf_counter()
-    mem = lowered.compile().memory_analysis()
+    compiled = lowered.compile()
+    mem = compiled.memory_analysis()
     t2 = time.perf_counter()
+    gb, patches = batch_size // cfg.train.grad_accum, int(sum(t * h * w for t, h, w in scene_grid(cfg)))
+    local = batch["input_ids"].sharding.shard_shape(batch["input_ids"].shape)[0]  # the argument's scenes
+    replicated = None
+    if gb > local // cfg.train.grad_accum and gb != local:
+        replicated = re.search(rf"\[{gb},{patches}[,\]]", compiled.as_text()) is not None
     out = dict(argument=int(mem.argument_size_in_bytes), output=int(mem.output_size_in_bytes),
                alias=int(mem.alias_size_in_bytes), temp=int(mem.temp_size_in_bytes),
                generated_code=int(mem.generated_code_size_in_bytes))
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
     out.update(state_argument=shard_bytes(trainer.abstract_state), batch_argument=shard_bytes(batch),
                lower_s=round(t1 - t0, 2), compile_s=round(t2 - t1, 2), devices=mesh.size,
-               mesh=dict(mesh.shape), backend=jax.default_backend(), batch_size=batch_size, seq_len=seq_len)
+               mesh=dict(mesh.shape), backend=jax.default_backend(), batch_size=batch_size, seq_len=seq_len,
+               vision_replicated=replicated)
     return out
 
 
@@ -436,7 +501,8 @@ def format_breakdown(est: dict, compiled: dict | None = None, cpu_est: dict | No
     lines = [f"mesh {est['mesh']} ({est['devices']} devices), batch {est['batch_size']} "
              f"({est['micro_batch_per_device']} per device per micro-batch), seq_len {est['seq_len']}, "
              f"{est['num_params'] / 1e9:.2f}B params, dtype {est['dtype']} / params {est['param_dtype']}, "
-             f"remat {est['remat']}, attention {est['attention']}",
+             f"remat text {est['remat']} / vision {est['vision_remat']}, attention {est['attention']}, "
+             f"ViT {'split over the batch' if est['vision_sharded'] else 'on the global batch'}",
              "analytic, GiB per device:"]
     for k in ("params", "grads", "opt_state", "ema", "batch", "activations"):
         lines.append(f"  {k:<14}{gib(est[k]):>9.2f}")
@@ -448,6 +514,10 @@ def format_breakdown(est: dict, compiled: dict | None = None, cpu_est: dict | No
                      "GiB per device:")
         for k in ("argument", "output", "alias", "temp", "peak"):
             lines.append(f"  {k:<14}{gib(compiled[k]):>9.2f}")
+        if compiled.get("vision_replicated") is not None:
+            lines.append(f"  ViT on the whole global micro-batch on every device: "
+                         f"{'yes' if compiled['vision_replicated'] else 'no'} "
+                         f"(memory.VISION_SHARDED = {VISION_SHARDED})")
     if compiled and cpu_est:
         lines.append(f"  analytic with f32 activations, as the CPU backend keeps them: {gib(cpu_est['total']):.2f} "
                      f"(compiled / analytic = {compiled['peak'] / cpu_est['total']:.2f})")

@@ -56,13 +56,12 @@ def main(argv):
             and all(x.sharding == s for x, s in zip(jax.tree.leaves(b), jax.tree.leaves(want))) for b in batches)
         # Every device holds whole examples: its input_ids rows and its pixel_values rows agree.
         b = batches[0]
-        patches = b["media"]["image"]["pixel_values"].shape[0] // b["input_ids"].shape[0]
         rows = {}
         for shard in b["input_ids"].addressable_shards:
             rows[shard.device.id] = [shard.index[0].start, shard.index[0].stop]
         prow = {}
-        for shard in b["media"]["image"]["pixel_values"].addressable_shards:
-            prow[shard.device.id] = [shard.index[0].start // patches, shard.index[0].stop // patches]
+        for shard in b["media"]["image"]["pixel_values"].addressable_shards:  # [scenes, patches, D]
+            prow[shard.device.id] = [shard.index[0].start, shard.index[0].stop]
         report["rows_match"] = rows == prow
         report["scene_ids"] = it.last_scene_ids
         it.close()

@@ -170,12 +170,12 @@ def test_global_batches_on_8_devices_are_sharded_by_batch(env, tmp_path):
         for key in ("future_start_slot", "action_position", "controls_valid"):
             assert b[key]["shape"] == [8] and b[key]["spec"] == [batch_spec], key
         assert b["controls"]["shape"] == [8, 64, 2] and b["controls"]["spec"] == [batch_spec, None, None]
-        # 16 frames of 64x96 at patch 16: 24 patches of 3*2*16*16 values each, per example.
-        assert b["media/image/pixel_values"] == {"shape": [8 * 16 * 24, 1536], "spec": [batch_spec, None],
+        # Per scene: 16 frames of 64x96 at patch 16, 24 patches of 3*2*16*16 values each.
+        assert b["media/image/pixel_values"] == {"shape": [8, 16 * 24, 1536], "spec": [batch_spec, None, None],
                                                  "addressable": 8, "fully_addressable": True}
         layout = [k for k in b if k.startswith("media/image/layout/")]
         assert layout and all(b[k]["spec"] == [] for k in layout)  # replicated
-        assert b["media/image/layout/rope_hw"]["shape"] == [8 * 16 * 24, 2]
+        assert b["media/image/layout/rope_hw"]["shape"] == [16 * 24, 2]  # one scene's: shared by all
 
 
 def _free_port() -> int:

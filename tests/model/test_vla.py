@@ -47,6 +47,33 @@ def test_batch_masks_and_positions(setup):
     assert np.all(b["action_position"] == b["positions"][0, np.arange(2), fs] + 1)
 
 
+def test_per_scene_images_give_the_flat_forms_loss_and_gradients(setup):
+    """build_sft_batch gives a fixed camera rig's images per scene ([B, P, D], one scene's layout; the
+    tower vmapped over scenes); the HF-style flat form (all patches, one layout of every image) must
+    give the same loss terms and gradients."""
+    from ar1_jax.model import vision
+
+    cfg, params, tok = setup
+    rng = np.random.default_rng()
+    per_scene = _batch(cfg, tok, rng, n=3)
+    pv = per_scene["media"]["image"]["pixel_values"]
+    assert pv.ndim == 3 and pv.shape[0] == 3
+    images = cfg.scene.num_cameras * cfg.scene.num_frames
+    assert per_scene["media"]["image"]["layout"]["rope_hw"].shape[0] == pv.shape[1]  # one scene's patches
+    grid_one = np.asarray([[1, cfg.scene.image_height // cfg.model.vision.patch_size,
+                            cfg.scene.image_width // cfg.model.vision.patch_size]] * images)
+    flat = dict(per_scene, media={"image": {"pixel_values": pv.reshape(-1, pv.shape[-1]),
+                                            "layout": vision.vision_layout(cfg.model.vision, np.tile(grid_one, (3, 1)))}})
+    key = jax.random.key(int(rng.integers(1000)))
+    grad = jax.jit(jax.value_and_grad(lambda p, b: vla.sft_loss(p, cfg, b, key), has_aux=True))
+    (loss_a, terms_a), g_a = grad(params, per_scene)
+    (loss_b, terms_b), g_b = grad(params, flat)
+    for k in terms_a:
+        np.testing.assert_allclose(terms_a[k], terms_b[k], rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g_a), jax.tree.leaves(g_b)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_sft_training_reduces_every_loss_term(setup):
     cfg, params, tok = setup
     rng = np.random.default_rng()
@@ -111,7 +138,7 @@ def test_expert_reads_images_but_not_tokens_after_the_prefix(setup):
 
     other_image = dict(batch, media={"image": dict(batch["media"]["image"])})
     pv = other_image["media"]["image"]["pixel_values"].copy()
-    pv[: pv.shape[0] // 16] = rng.standard_normal(pv[: pv.shape[0] // 16].shape)  # first camera frame
+    pv[0, : pv.shape[1] // 16] = rng.standard_normal(pv[0, : pv.shape[1] // 16].shape)  # first camera frame
     other_image["media"]["image"]["pixel_values"] = pv
     assert np.abs(_denoise(cfg, params, other_image, noise) - base).max() > 1e-4
 
@@ -124,7 +151,7 @@ def test_expert_reads_images_but_not_tokens_after_the_prefix(setup):
     # A padded-out slot is ignored whatever token it holds.
     padded = vla.build_sft_batch(cfg, [dict(input_ids=batch["input_ids"][0][batch["kv_valid"][0]],
                                             segments=np.zeros(int(batch["kv_valid"][0].sum()), np.int32) + 5,
-                                            pixel_values=batch["media"]["image"]["pixel_values"],
+                                            pixel_values=batch["media"]["image"]["pixel_values"][0],
                                             image_grid_thw=np.asarray([[1, 4, 6]] * 16),
                                             controls=np.zeros((64, 2), np.float32))],
                                  length=batch["input_ids"].shape[1] + 8)

@@ -5,7 +5,8 @@ imported); prints one JSON line.
         per mesh: initialises the real train state and sums each leaf's real per-device shard bytes
         (`addressable_shards[0]`), next to `memory.state_estimate`; {mesh: {real, analytic}}.
     memory_worker.py compiled CONFIG MESH BATCH SEQ_LEN [KEY=VALUE ...]
-        `memory.compiled_estimate` and `memory.analytic_estimate` of the train step.
+        `memory.compiled_estimate` of the train step, `memory.analytic_estimate` (bf16 activations as
+        configured) and the analytic estimate with f32 activations (what the CPU backend keeps).
 """
 
 import json
@@ -45,7 +46,8 @@ def main(argv):
         cfg = get_config(name, argv[5:])
         mesh = memory.check_devices(shape)
         out = dict(compiled=memory.compiled_estimate(cfg, mesh, batch, seq),
-                   analytic=memory.analytic_estimate(cfg, shape, batch, seq))
+                   analytic=memory.analytic_estimate(cfg, shape, batch, seq),
+                   analytic_f32_activations=memory.analytic_estimate(cfg, shape, batch, seq, act_bytes=4))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(out))

@@ -27,7 +27,7 @@ def _run(args, devices, timeout=900, env=None):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per xdist worker, whatever the test order
 def meshes_report(train_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("meshes")
     _run(["meshes", train_env["data"], train_env["tok_dir"], tmp / "report.json", tmp / "ckpt"], devices=8)
@@ -76,19 +76,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_train_like_one(train_env, tmp_path):
+def _two_processes(env, workdir, *sets):
+    """Starts `ar1 train` as two gloo processes (one CPU device each) on `env`'s data; returns them."""
     port = _free_port()
-    workdir = tmp_path / "run"
     args = ["-m", "ar1_jax.cli", "train", "--config", "ar1_tiny", "--workdir", str(workdir), "--no-progress",
-            "--set", f"data.dataset_dir={train_env['data']}", "--set", "data.batch_size=8",
-            "--set", "data.shuffle=false", "--set", "train.warmup_steps=1", "--set", "train.steps=3",
-            "--set", "train.log_every=1", "--set", "train.tensorboard=false"]
+            "--set", f"data.dataset_dir={env['data']}", "--set", "train.log_every=1",
+            "--set", "train.tensorboard=false"]
+    for item in sets:
+        args += ["--set", item]
     procs = []
     for i in range(2):
-        env = dict(os.environ, AR1_COORDINATOR=f"localhost:{port}", AR1_NUM_PROCESSES="2", AR1_PROCESS_ID=str(i))
-        env.pop("XLA_FLAGS", None)
+        penv = dict(os.environ, AR1_COORDINATOR=f"localhost:{port}", AR1_NUM_PROCESSES="2", AR1_PROCESS_ID=str(i))
+        penv.pop("XLA_FLAGS", None)
         procs.append(subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, cwd=ROOT, env=env))
+                                      text=True, cwd=ROOT, env=penv))
+    return procs
+
+
+def test_two_gloo_processes_train_like_one(train_env, tmp_path):
+    workdir = tmp_path / "run"
+    procs = _two_processes(train_env, workdir, "data.batch_size=8", "data.shuffle=false", "train.warmup_steps=1",
+                           "train.steps=3")
     logs = []
     for p in procs:
         try:
@@ -109,3 +117,24 @@ def test_two_gloo_processes_train_like_one(train_env, tmp_path):
     assert ref["device_count"] == 2 and ref["other_step"] == 3
     np.testing.assert_allclose(losses, ref["losses"], rtol=1e-5)
     assert ref["max_param_diff"] < 1e-6  # bitwise equal here: a two-way sum is exact in either order
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_a_checkpoint(train_env, tmp_path):
+    """JAX's preemption service: the processes agree on the step to stop at, then save together."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    procs = _two_processes(train_env, workdir, "data.batch_size=4", "train.steps=500", "train.checkpoint_every=1000")
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], "\n---\n".join(x[-3000:] for x in logs)
+    stopped = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert f"preempted at step {stopped}" in logs[0]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [stopped]

@@ -49,7 +49,7 @@ def _final_params(env, workdir):
     return ckpt.latest_step(), jax.tree.map(np.asarray, state), data_state
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per xdist worker, whatever the test order
 def straight(train_env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
     assert _train(train_env, workdir) == 0
