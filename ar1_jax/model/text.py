@@ -103,7 +103,10 @@ def attention_output_and_mlp(lp: dict, cfg: TextConfig, x, o):
 
 
 def embed_tokens(params: dict, input_ids: Int[Array, "B T"], dtype) -> Float[Array, "B T E"]:
-    x = jnp.take(params["embed"], input_ids, axis=0).astype(dtype)
+    # FSDP: gather the table's embed dim before the lookup (as for any weight); otherwise the partitioner
+    # must move a gather sharded on embed into the batch-sharded layout, by replicating it.
+    table = shard_activation(params["embed"], ("vocab", None))
+    x = jnp.take(table, input_ids, axis=0).astype(dtype)
     return shard_activation(x, ("batch", "seq", "embed"))
 
 
