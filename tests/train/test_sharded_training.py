@@ -25,13 +25,14 @@ def _run(args, devices, timeout=900, env=None):
     out = subprocess.run([sys.executable, str(WORKER), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                          env=env, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    return out
 
 
 @pytest.fixture(scope="session")  # once per xdist worker, whatever the test order
 def meshes_report(train_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("meshes")
-    _run(["meshes", train_env["data"], train_env["tok_dir"], tmp / "report.json", tmp / "ckpt"], devices=8)
-    return json.loads((tmp / "report.json").read_text())
+    out = _run(["meshes", train_env["data"], train_env["tok_dir"], tmp / "report.json", tmp / "ckpt"], devices=8)
+    return dict(json.loads((tmp / "report.json").read_text()), stderr=out.stderr)
 
 
 def test_three_meshes_give_the_one_device_losses(meshes_report):
@@ -57,6 +58,8 @@ def test_large_params_are_sharded_as_the_rules_say(meshes_report):
     assert runs["2x2x2"]["specs"]["expert.layers.mlp.down_kernel"] == [None, "tensor", "fsdp"]
     assert runs["2x2x2"]["specs"]["vision.blocks.mlp.fc1_kernel"] == [None, "fsdp", "tensor"]
     assert runs["2x2x2"]["specs"]["text.embed"] == ["tensor", "fsdp"]
+    # No layout the partitioner can only reach by replicating a tensor (it warns when it must).
+    assert "Involuntary full rematerialization" not in meshes_report["stderr"]
     # Pure data parallelism replicates every parameter.
     assert all(all(s is None for s in spec) for spec in runs["data8"]["specs"].values())
     # Adam's moments (mu, nu) are sharded like their parameter.
