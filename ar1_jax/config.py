@@ -411,7 +411,9 @@ class TrainConfig:
     eps: float = 1e-8
     mu_dtype: str = ""  # Adam first-moment dtype; "" = the parameter dtype
     clip_grad_norm: float = 1.0  # global norm; 0 = off
-    grad_accum: int = 1  # micro-batches per step; data.batch_size must divide by it
+    # Micro-batches per step, token-weighted (the whole batch's loss and gradient); data.batch_size
+    # must divide by it.
+    grad_accum: int = 1
     lr_multipliers: tuple[str, ...] = ()
     frozen: tuple[str, ...] = ()
     ema_decay: float = 0.0  # 0 = no EMA of the parameters

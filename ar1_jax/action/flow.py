@@ -54,17 +54,21 @@ def loss(
     x: Float[Array, "B ..."],
     eps: Float[Array, "B ..."],
     mask: Array | None = None,
+    denominator: Array | None = None,
 ) -> Float[Array, ""]:
     """Mean squared error between `pred_velocity` and `x - eps`, in float32.
 
     `mask` (optional, bool or float) broadcasts against the data from the left (e.g. `[B]` per sample
-    or `[B, T]` per step); the mean is over the masked elements (0 when none is).
+    or `[B, T]` per step); the mean is over the masked elements (0 when none is). `denominator`
+    (optional, with `mask`) replaces the masked element count the sum is divided by: gradient
+    accumulation passes the whole batch's count so that micro-batch losses add up to its mean.
     """
     err = jnp.square(pred_velocity.astype(jnp.float32) - target_velocity(x, eps).astype(jnp.float32))
     if mask is None:
         return jnp.mean(err)
     m = jnp.broadcast_to(_expand(jnp.asarray(mask, jnp.float32), err), err.shape)
-    return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
+    den = jnp.sum(m) if denominator is None else denominator
+    return jnp.sum(err * m) / jnp.where(den > 0, den, 1.0)
 
 
 def euler_sample(

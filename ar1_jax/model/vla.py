@@ -13,6 +13,7 @@ to and including `<|traj_future_start|>` (stop-gradient: the flow loss does not 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -58,9 +59,11 @@ def prefix_mask(cache_valid, future_start_slot):
     return cache_valid & (slots <= future_start_slot[:, None])
 
 
-def _masked_mean(values, weights):
+def _masked_mean(values, weights, total=None):
+    """sum(values * weights) / total, where `total` defaults to sum(weights) (0 / 0 gives 0)."""
     weights = weights.astype(jnp.float32)
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    total = jnp.sum(weights) if total is None else total
+    return jnp.sum(values * weights) / jnp.where(total > 0, total, 1.0)
 
 
 def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, dict]:
@@ -69,15 +72,18 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
     `batch`: input_ids, targets `[B, T]` (next-token ids), positions `[3, B, T]`, kv_valid `[B, T]`,
     reasoning_mask / traj_mask `[B, T]` (which targets count for which CE term), media (or None),
     future_start_slot / action_position `[B]`, controls `[B, 64, 2]` normalised ground truth,
-    controls_valid `[B]`.
+    controls_valid `[B]`. Optional `weight_totals`: for each key of `sft_loss.weight_keys`, the count
+    its mean divides by, in place of this batch's own (gradient accumulation passes the whole batch's
+    count / number of micro-batches, so the micro-batch mean of these losses is the whole batch's).
     """
     lc = cfg.loss
+    totals = batch.get("weight_totals", {})
     logits, cache = backbone_with_kv(params, cfg, batch["input_ids"], batch["positions"], batch["kv_valid"],
                                      batch.get("media"))
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-    ce_reasoning = _masked_mean(nll, batch["reasoning_mask"])
-    ce_traj = _masked_mean(nll, batch["traj_mask"])
+    ce_reasoning = _masked_mean(nll, batch["reasoning_mask"], totals.get("reasoning_mask"))
+    ce_traj = _masked_mean(nll, batch["traj_mask"], totals.get("traj_mask"))
 
     total = lc.reasoning_weight * ce_reasoning + lc.trajectory_token_weight * ce_traj
     fm = jnp.zeros((), jnp.float32)
@@ -94,10 +100,15 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
                                    prefix_mask(batch["kv_valid"], batch["future_start_slot"]),
                                    batch["action_position"], dtype=dtype_of(cfg.model.dtype),
                                    impl=cfg.model.attention_impl_for("expert"))
-        valid = batch.get("controls_valid")
-        fm = flow.loss(velocity, x, eps, None if valid is None else valid[:, None, None])
+        valid, n_valid = batch.get("controls_valid"), totals.get("controls_valid")
+        fm = flow.loss(velocity, x, eps, None if valid is None else valid[:, None, None],
+                       denominator=None if n_valid is None else n_valid * math.prod(x.shape[1:]))
         total = total + lc.flow_weight * fm
     return total, {"loss": total, "ce_reasoning": ce_reasoning, "ce_trajectory": ce_traj, "flow": fm}
+
+
+# The batch keys whose sums sft_loss's means divide by (see `weight_totals`).
+sft_loss.weight_keys = ("reasoning_mask", "traj_mask", "controls_valid")
 
 
 def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None) -> dict[str, Any]:

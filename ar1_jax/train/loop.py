@@ -42,6 +42,9 @@ from ar1_jax.train import optimizer as opt_lib
 
 log = logging.getLogger(__name__)
 
+# loss_fn(params, cfg, batch, rng) -> (loss, metrics with "loss"). Optional attribute `weight_keys`:
+# the batch keys (masks) whose sums its means divide by; with gradient accumulation each micro-batch
+# then gets `batch["weight_totals"][key]` = the whole batch's sum / micro-batches (see `Trainer._grads`).
 LossFn = Callable[[dict, Config, dict, jax.Array], tuple[jax.Array, dict]]
 
 
@@ -169,7 +172,7 @@ class Trainer:
         return stack
 
     def _grads(self, params: dict, batch: dict, rng: jax.Array) -> tuple[dict, dict]:
-        """Mean loss metrics and gradients over `train.grad_accum` micro-batches."""
+        """Loss metrics and gradients of the whole batch, over `train.grad_accum` micro-batches."""
         m = self.cfg.train.grad_accum
         frozen = self.frozen
 
@@ -178,11 +181,16 @@ class Trainer:
             return self.loss_fn(p, self.cfg, micro, key)
 
         grad_fn = jax.grad(loss_of, has_aux=True)
-        micro = split_microbatches(batch, m)
         keys = jax.random.split(rng, m)
         if m == 1:
-            grads, metrics = grad_fn(params, jax.tree.map(lambda x: x[0], micro), keys[0])
-            return grads, metrics
+            return grad_fn(params, batch, keys[0])
+        micro = split_microbatches(batch, m)
+        # Token-weighted: every micro-batch divides its sums by the whole batch's counts / m, so the
+        # mean over micro-batches is the whole batch's loss and gradient, however unevenly the
+        # reasoning tokens or valid trajectories fall.
+        totals = {k: jnp.sum(batch[k].astype(jnp.float32)) / m
+                  for k in getattr(self.loss_fn, "weight_keys", ()) if k in batch}
+        micro["weight_totals"] = {k: jnp.broadcast_to(v, (m,)) for k, v in totals.items()}
 
         def body(carry, xs):
             g_acc, m_acc = carry

@@ -121,6 +121,19 @@ def test_loss_mask():
     np.testing.assert_array_equal(np.asarray(g)[1], 0.0)
 
 
+def test_loss_parts_with_the_whole_denominator_add_up_to_the_whole_mean():
+    rng, _ = _rng()
+    x, eps, pred = (jnp.asarray(rng.normal(size=(6, 64, 2)), jnp.float32) for _ in range(3))
+    mask = np.array([1, 1, 1, 0, 1, 0], bool)  # 3 valid samples in the first half, 1 in the second
+    whole = float(F.loss(pred, x, eps, mask))
+    den = mask.sum() * 64 * 2
+    parts = [float(F.loss(pred[s], x[s], eps[s], mask[s], denominator=den)) for s in (slice(0, 3), slice(3, 6))]
+    np.testing.assert_allclose(sum(parts), whole, rtol=1e-5)
+    # The parts' own means do not average to it when the valid samples are uneven.
+    own = [float(F.loss(pred[s], x[s], eps[s], mask[s])) for s in (slice(0, 3), slice(3, 6))]
+    assert abs(np.mean(own) - whole) > 1e-3 * whole
+
+
 def test_euler_time_grid_and_jit():
     _, key = _rng()
 
