@@ -208,6 +208,22 @@ def test_cli_analytic(tmp_path, capsys):
     assert result["compiled"] is None and set(result["fits"]) == set(memory.TARGETS)
 
 
+@pytest.mark.parametrize("mesh,accum,cautioned", [("fsdp=8", 1, False), ("data=2,fsdp=4", 1, True),
+                                                  ("fsdp=4,tensor=2", 1, True), ("fsdp=8", 2, True)])
+def test_cli_cautions_where_the_compiled_step_ran_above_the_analytic_total(tmp_path, capsys, mesh, accum, cautioned):
+    rc = cli.main(["bench", "memory", "--config", "ar1_10b_release", "--mesh", mesh, "--batch", "16",
+                   "--set", f"train.grad_accum={accum}", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "memory.json").read_text())
+    extra = result["unmodelled_gradient_buffer"]
+    assert ("caution:" in out) == cautioned and (extra > 0) == cautioned
+    if cautioned:  # one gradient per trainable parameter shard (f32 params: the accumulator's size too)
+        assert extra == result["analytic"]["grads"] / accum
+        assert extra > 4 * result["analytic"]["num_params"] / 8 * 0.99  # at least an 8-way f32 shard
+        assert f"{memory.gib(result['analytic']['total'] + extra):.2f} GiB" in out
+
+
 def test_cli_compile_needs_as_many_devices_as_the_mesh(tmp_path, capsys):
     n = jax.device_count() + 1
     rc = cli.main(["bench", "memory", "--config", "ar1_tiny", "--mesh", f"fsdp={n}", "--batch", str(n), "--seq-len",
