@@ -225,9 +225,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "config.json"
     if saved.exists() and lead:
-        from ar1_jax.config import to_dict
+        from ar1_jax.train.checkpoint import config_json
 
-        diff = _config_diff(json.loads(saved.read_text()), json.loads(json.dumps(to_dict(cfg))))
+        diff = _config_diff(json.loads(saved.read_text()), json.loads(config_json(cfg)))
         if diff:
             print(f"note: config differs from the run's saved {saved} in: {'; '.join(diff)}", file=sys.stderr)
     if not cfg.data.dataset_dir:
@@ -244,10 +244,10 @@ def _synthesise_data(cfg, out: pathlib.Path, num_scenes: int):
         if jax.process_count() > 1:
             raise CLIError("data.dataset_dir is not set: in a multi-process run, write the dataset first "
                            "(`ar1 data synth --out DIR`) and pass --set data.dataset_dir=DIR")
-        print(f"data.dataset_dir is not set: writing {num_scenes} synthetic scenes to {out} "
-              f"(`ar1 data synth`)", flush=True)
         if num_scenes <= 0:
             raise CLIError(f"--synth-scenes: expected a positive count, got {num_scenes}")
+        print(f"data.dataset_dir is not set: writing {num_scenes} synthetic scenes to {out} "
+              f"(`ar1 data synth`)", flush=True)
         code = _write_synth(cfg, out, num_scenes, cfg.seed, 0.1, False)
         if code:
             raise CLIError(f"writing synthetic data to {out} failed", EXIT_FAILED)
@@ -576,7 +576,8 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
             raise CLIError(f"--recipe: no documented recipe for config {args.config!r} "
                            f"(recipes: {', '.join(memory.RECIPES)})")
         recipe = memory.RECIPES[name]
-    cfg = _load_config(args.config, list(recipe.get("overrides", ())) + list(args.overrides or ()))
+    overrides = list(recipe.get("overrides", ())) + list(args.overrides or ())
+    cfg = _load_config(args.config, overrides)
     mesh_text = args.mesh or recipe.get("mesh")
     batch = args.batch or recipe.get("batch")
     if not mesh_text or not batch:
@@ -592,8 +593,7 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
         result, text = memory.report(cfg, shape, batch, seq_len, compile=args.compile)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    result.update(overrides=list(recipe.get("overrides", ())) + list(args.overrides or ()),
-                  time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    result.update(overrides=overrides, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     print(f"memory: config {cfg.name}, mesh {mesh_text}, batch {batch}, seq_len {seq_len}")
     print(text)
     out = pathlib.Path(args.out)

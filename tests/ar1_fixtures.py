@@ -1,6 +1,9 @@
-"""Shared helpers for AR1 tests: a tiny tokenizer matching `ar1_tiny`'s layout, random scenes."""
+"""Shared helpers for AR1 tests: a tiny tokenizer matching `ar1_tiny`'s layout, random scenes, and
+the plumbing of multi-process tests (a free coordinator port, waiting on a group of processes)."""
 
 import functools
+import socket
+import subprocess
 import tempfile
 
 import jax
@@ -51,3 +54,24 @@ def check_layout(cfg, tok):
     assert tok.image_token_id == cfg.model.image_token_id
     assert tok.vocab_size == cfg.model.text.vocab_size
     jax.config.update("jax_threefry_partitionable", True)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that was free a moment ago (for a `jax.distributed` coordinator)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """The stdout of every process, in order; on a timeout kills them all (no orphan left waiting for
+    its peers) and re-raises."""
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return logs

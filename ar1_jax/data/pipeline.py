@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import math
 import pathlib
 from typing import Any, Sequence
 
@@ -532,16 +531,14 @@ def make_pipeline(cfg: Config, tokenizer, mesh, *, data_dir: str | None = None, 
     """
     import jax
 
-    from ar1_jax.parallel.rules import activation_spec
+    from ar1_jax.parallel.rules import batch_axes, batch_shard_count
 
     d = cfg.data
     d.validate("data")
     nproc = jax.process_count()
     if d.batch_size % nproc:
         raise ValueError(f"config field `data.batch_size`: {d.batch_size} is not divisible by the {nproc} processes")
-    spec = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)
-    axes = spec[0] if spec[0] is None or isinstance(spec[0], tuple) else (spec[0],)
-    shards = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    axes, shards = batch_axes(mesh, cfg.mesh.rules), batch_shard_count(mesh, cfg.mesh.rules)
     if d.batch_size % shards:
         raise ValueError(f"config field `data.batch_size`: {d.batch_size} is not divisible by the {shards}-way batch "
                          f"sharding of mesh {dict(mesh.shape)} (axes {axes})")

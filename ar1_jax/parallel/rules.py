@@ -116,6 +116,17 @@ def activation_spec(names: Sequence[str | None], mesh: Any, rules: str | RuleTab
     return logical_to_spec(names, shape, mesh, rules)
 
 
+def batch_axes(mesh: Any, rules: str | RuleTable = "default") -> tuple[str, ...]:
+    """The mesh axes the rules split a batch's leading dim over (empty when it is not split)."""
+    spec = activation_spec(("batch", "seq"), mesh, rules)[0]
+    return () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+
+
+def batch_shard_count(mesh: Any, rules: str | RuleTable = "default") -> int:
+    """How many ways a batch's leading dim is split on `mesh` (the product of `batch_axes`)."""
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
+
+
 def constrain(x: jax.Array, names: Sequence[str | None], mesh: Any,
               rules: str | RuleTable = "default") -> jax.Array:
     """`with_sharding_constraint` on `x` by logical names; a no-op without a mesh or on 1 device."""

@@ -42,8 +42,8 @@ def config_json(cfg: Config) -> str:
 
 def _flat_shapes(tree: Any) -> dict[str, tuple]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path):
-            tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+    return {jax.tree_util.keystr(path, simple=True, separator="."): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in flat}
 
 
 def check_compatible(saved: Any, target: Any, *, where: str, saved_name: str, target_name: str) -> None:
@@ -125,8 +125,9 @@ class Checkpointer:
 
     # -- restore ----------------------------------------------------------------------------------
 
-    def check(self, step: int, abstract_state: dict) -> dict:
-        """The step's meta, after checking its state tree against `abstract_state` (no arrays read)."""
+    def check(self, step: int, abstract_state: dict, part: str | None = None) -> dict:
+        """The step's meta, after checking its state tree (or its `part`, e.g. "params") against
+        `abstract_state` (no arrays read)."""
         where = f"checkpoint {self.directory / str(step)}"
         try:
             meta = self.meta(step)
@@ -138,6 +139,8 @@ class Checkpointer:
                                      f"{FORMAT_VERSION}")
         saved_name = meta.get("config", {}).get("name", "?")
         saved_tree = self.manager.item_metadata(step)["state"]
+        if part is not None:
+            saved_tree = saved_tree[part]
         check_compatible(saved_tree, abstract_state, where=where, saved_name=saved_name, target_name=self.cfg.name)
         return meta
 
@@ -187,10 +190,7 @@ def load_params(path: str | pathlib.Path, cfg: Config, abstract_params: dict) ->
     root, step = found
     ckpt = Checkpointer(root, cfg, read_only=True)
     try:
-        where = f"checkpoint {root / str(step)}"
-        saved_name = ckpt.meta(step).get("config", {}).get("name", "?")
-        saved = ckpt.manager.item_metadata(step)["state"]
-        check_compatible(saved["params"], abstract_params, where=where, saved_name=saved_name, target_name=cfg.name)
+        ckpt.check(step, abstract_params, part="params")
         # Only the parameters are read (partial restore): the optimizer state never leaves the disk.
         target = {"params": abstract_params}
         reader = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
@@ -200,7 +200,7 @@ def load_params(path: str | pathlib.Path, cfg: Config, abstract_params: dict) ->
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
         finally:
             reader.close()
-        log.info("initialised parameters from %s", where)
+        log.info("initialised parameters from checkpoint %s", root / str(step))
         return out.state["params"]
     finally:
         ckpt.close()

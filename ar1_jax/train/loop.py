@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ar1_jax.config import Config, ConfigError
 from ar1_jax.model.vla import AR1, sft_loss
-from ar1_jax.parallel.rules import param_shardings, use_rules
+from ar1_jax.parallel.rules import batch_axes, batch_shard_count, param_shardings, use_rules
 from ar1_jax.train import optimizer as opt_lib
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,8 @@ def _lower_in(context, jitted, *args):
 def check_batch_divisibility(cfg: Config, mesh: jax.sharding.Mesh) -> None:
     """data.batch_size must split over the mesh's batch shards and into train.grad_accum micro-batches
     that still split over those shards."""
-    from ar1_jax.parallel.rules import activation_spec
-
-    spec = activation_spec(("batch", "seq"), mesh, cfg.mesh.rules)[0]
-    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
-    shards = math.prod(mesh.shape[a] for a in axes)
+    axes = batch_axes(mesh, cfg.mesh.rules)
+    shards = batch_shard_count(mesh, cfg.mesh.rules)
     b, m = cfg.data.batch_size, cfg.train.grad_accum
     if b % (shards * m):
         raise ConfigError(f"config field `data.batch_size`: {b} is not divisible by the {shards} batch shards of "

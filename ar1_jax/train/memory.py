@@ -133,9 +133,14 @@ def scene_grid(cfg: Config) -> np.ndarray:
     return np.tile([frame], (s.num_cameras * s.num_frames, 1))
 
 
+def patches_per_scene(cfg: Config) -> int:
+    """ViT patches of one scene (all its cameras and frames)."""
+    return int(sum(t * h * w for t, h, w in scene_grid(cfg)))
+
+
 def image_tokens_per_scene(cfg: Config) -> int:
     m = cfg.model.vision.spatial_merge_size
-    return int(sum(t * h * w for t, h, w in scene_grid(cfg)) // (m * m))
+    return patches_per_scene(cfg) // (m * m)
 
 
 def typical_seq_len(cfg: Config, reasoning_tokens: int = REASONING_TOKENS, multiple: int = 128,
@@ -154,12 +159,9 @@ def typical_seq_len(cfg: Config, reasoning_tokens: int = REASONING_TOKENS, multi
 
 def batch_axes_size(cfg: Config, mesh) -> int:
     """How many ways the batch dim is split (the mesh axes the rules give `batch`)."""
-    from ar1_jax.parallel.rules import activation_spec
+    from ar1_jax.parallel.rules import batch_shard_count
 
-    shape = _shape_of(mesh)
-    spec = activation_spec(("batch", "seq"), abstract_mesh(shape), cfg.mesh.rules)[0]
-    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
-    return math.prod(shape[a] for a in axes)
+    return batch_shard_count(abstract_mesh(_shape_of(mesh)), cfg.mesh.rules)
 
 
 def abstract_batch(cfg: Config, mesh, batch_size: int, seq_len: int) -> dict:
@@ -176,9 +178,8 @@ def abstract_batch(cfg: Config, mesh, batch_size: int, seq_len: int) -> dict:
     b, t, m = batch_size, seq_len, cfg.train.grad_accum
     if b % m:
         raise ValueError(f"batch_size {b} is not divisible by train.grad_accum={m}")
-    grid = scene_grid(cfg)
-    patches = int(sum(tt * h * w for tt, h, w in grid))
-    layout = vision.vision_layout(cfg.model.vision, grid)
+    patches = patches_per_scene(cfg)
+    layout = vision.vision_layout(cfg.model.vision, scene_grid(cfg))
     i32, f32, bool_ = np.dtype(np.int32), np.dtype(np.float32), np.dtype(bool)
     shapes = dict(
         input_ids=((b, t), i32), targets=((b, t), i32), positions=((3, b, t), i32), kv_valid=((b, t), bool_),
@@ -459,7 +460,7 @@ def compiled_estimate(cfg: Config, mesh: jax.sharding.Mesh, batch_size: int, seq
     compiled = lowered.compile()
     mem = compiled.memory_analysis()
     t2 = time.perf_counter()
-    gb, patches = batch_size // cfg.train.grad_accum, int(sum(t * h * w for t, h, w in scene_grid(cfg)))
+    gb, patches = batch_size // cfg.train.grad_accum, patches_per_scene(cfg)
     local = batch["input_ids"].sharding.shard_shape(batch["input_ids"].shape)[0]  # the argument's scenes
     replicated = None
     if gb > local // cfg.train.grad_accum and gb != local:

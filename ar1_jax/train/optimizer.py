@@ -28,7 +28,7 @@ _DECAYED_SUFFIXES = ("kernel", "embed", "lm_head")
 def param_paths(params: dict) -> dict:
     """A tree like `params` whose leaves are the leaves' dotted paths."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: ".".join(str(getattr(p, "key", p)) for p in path), params)
+        lambda path, _: jax.tree_util.keystr(path, simple=True, separator="."), params)
 
 
 def _match(path: str, prefix: str) -> bool:

@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+import ar1_fixtures as F
 from ar1_jax.action import tokens as traj_tokens
 from ar1_jax.action import unicycle
 from ar1_jax.config import get_config
@@ -178,26 +178,13 @@ def test_global_batches_on_8_devices_are_sharded_by_batch(env, tmp_path):
         assert b["media/image/layout/rope_hw"]["shape"] == [16 * 24, 2]  # one scene's: shared by all
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_read_disjoint_halves(env, tmp_path):
-    port = _free_port()
+    port = F.free_port()
     procs = [subprocess.Popen([sys.executable, str(WORKER), "distributed", str(env["data"]), str(env["tok_dir"]),
                                str(tmp_path / f"p{i}.json"), str(port), str(i), "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
              for i in range(2)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+    logs = F.communicate_all(procs, timeout=300)
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(x[-3000:] for x in logs)
     reps = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
     assert [r["process_index"] for r in reps] == [0, 1] and reps[0]["device_count"] == 2

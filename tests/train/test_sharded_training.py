@@ -4,12 +4,13 @@ meshes; two gloo processes running `ar1 train` agree with one process on the sam
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import ar1_fixtures as F
 
 HERE = pathlib.Path(__file__).resolve().parent
 # One xdist worker takes the whole module (`--dist loadgroup`), so the shared run happens once.
@@ -73,15 +74,9 @@ def test_checkpoint_from_8_devices_restores_onto_1_and_4(meshes_report):
         assert r["data_state"] == {"note": "test"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(env, workdir, *sets):
     """Starts `ar1 train` as two gloo processes (one CPU device each) on `env`'s data; returns them."""
-    port = _free_port()
+    port = F.free_port()
     args = ["-m", "ar1_jax.cli", "train", "--config", "ar1_tiny", "--workdir", str(workdir), "--no-progress",
             "--set", f"data.dataset_dir={env['data']}", "--set", "train.log_every=1",
             "--set", "train.tensorboard=false"]
@@ -100,14 +95,7 @@ def test_two_gloo_processes_train_like_one(train_env, tmp_path):
     workdir = tmp_path / "run"
     procs = _two_processes(train_env, workdir, "data.batch_size=8", "data.shuffle=false", "train.warmup_steps=1",
                            "train.steps=3")
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
+    logs = F.communicate_all(procs, timeout=600)
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(x[-4000:] for x in logs)
     assert "2 process(es) (env), 2 cpu device(s)" in logs[0]
     assert "ar1 train:" not in logs[1]  # only process 0 reports
