@@ -202,7 +202,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import jax
 
     lead = jax.process_index() == 0
-    logging.basicConfig(level=logging.INFO if lead else logging.WARNING,
+    # force: each invocation logs to the stderr of the moment (not one captured by an earlier call in
+    # the same process, which may be closed by now).
+    logging.basicConfig(level=logging.INFO if lead else logging.WARNING, force=True,
                         format=f"%(asctime)s p{jax.process_index()} %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     from ar1_jax.config import ConfigError
@@ -223,6 +225,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if workdir.exists() and not workdir.is_dir():
         raise CLIError(f"--workdir {workdir}: exists and is not a directory")
     workdir.mkdir(parents=True, exist_ok=True)
+    if not cfg.data.dataset_dir:  # first, so a rerun compares the config it trained with
+        cfg = _synthesise_data(cfg, workdir / "data", args.synth_scenes)
     saved = workdir / "config.json"
     if saved.exists() and lead:
         from ar1_jax.train.checkpoint import config_json
@@ -230,8 +234,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         diff = _config_diff(json.loads(saved.read_text()), json.loads(config_json(cfg)))
         if diff:
             print(f"note: config differs from the run's saved {saved} in: {'; '.join(diff)}", file=sys.stderr)
-    if not cfg.data.dataset_dir:
-        cfg = _synthesise_data(cfg, workdir / "data", args.synth_scenes)
     return _run_training(cfg, workdir, args, mode)
 
 

@@ -311,8 +311,9 @@ class Progress:
     PLAIN_INTERVAL_S = 30.0
     BAR_WIDTH = 24
 
-    def __init__(self, total: int, *, initial: int = 0, desc: str = "train", stream=sys.stderr,
+    def __init__(self, total: int, *, initial: int = 0, desc: str = "train", stream=None,
                  enabled: bool = True, min_interval_s: float = 0.5, clock=time.monotonic):
+        stream = sys.stderr if stream is None else stream  # the stderr of now, not of import time
         self.total, self.initial, self.desc = int(total), int(initial), desc
         self.stream, self.enabled, self.min_interval_s, self.clock = stream, enabled, min_interval_s, clock
         isatty = getattr(stream, "isatty", None)

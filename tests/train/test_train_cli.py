@@ -56,6 +56,25 @@ def straight(train_env, tmp_path_factory):
     return workdir
 
 
+def test_without_a_dataset_it_synthesises_one_and_a_rerun_resumes_without_a_config_note(tmp_path, capsys):
+    args = ["train", "--config", "ar1_tiny", "--workdir", str(tmp_path), "--no-progress", "--synth-scenes", "8",
+            "--set", "data.batch_size=4", "--set", "train.log_every=1", "--set", "train.tensorboard=false"]
+    assert cli.main([*args, "--set", "train.steps=1"]) == 0
+    out = capsys.readouterr()
+    assert "writing 8 synthetic scenes" in out.out and (tmp_path / "data" / "dataset_info.json").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["dataset_dir"] == str(tmp_path / "data")
+    assert [r["step"] for r in _rows(tmp_path)] == [1]
+    # The same command again: nothing to do, and nothing reported as changed.
+    assert cli.main([*args, "--set", "train.steps=1"]) == 0
+    out = capsys.readouterr()
+    assert "note: config differs" not in out.err and "writing" not in out.out and "done at step 1" in out.out
+    # A real change is reported, and only it.
+    assert cli.main([*args, "--set", "train.steps=2"]) == 0
+    err = capsys.readouterr().err
+    assert "note: config differs" in err and "train.steps: 1 -> 2" in err and "dataset_dir" not in err
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
+
+
 def test_metrics_and_checkpoints_of_a_run(straight):
     rows = _rows(straight)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
