@@ -11,9 +11,11 @@ import os
 from typing import Mapping, Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AbstractMesh, AxisType, Mesh
 
 from ar1_jax.config import MeshConfig
+
+AXES = MeshConfig().axis_names  # ("data", "fsdp", "tensor")
 
 
 def resolve_mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
@@ -44,6 +46,15 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None)
     shape = resolve_mesh_shape(mesh_cfg, len(devices))
     return jax.make_mesh(shape, mesh_cfg.axis_names, axis_types=(AxisType.Auto,) * len(shape),
                          devices=devices)
+
+
+def abstract_mesh(sizes: Mapping[str, int]) -> AbstractMesh:
+    """A device-free mesh with `make_mesh`'s axes and axis types, of these sizes (missing axes are 1):
+    for shapes and shardings of a mesh this host does not have (`jax.eval_shape`, memory estimates)."""
+    unknown = set(sizes) - set(AXES)
+    if unknown:
+        raise ValueError(f"mesh axes {sorted(unknown)} are not among {AXES}")
+    return AbstractMesh(tuple(int(sizes.get(a, 1)) for a in AXES), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -40,11 +40,9 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType
 
 from ar1_jax.config import Config
-
-AXES = ("data", "fsdp", "tensor")
+from ar1_jax.parallel.mesh import AXES, abstract_mesh
 GiB = 2**30
 # Text tokens of the prompt scaffolding besides images, history, reasoning and future tokens: the system
 # prompt, chat markers and the instruction (~30 words and ~10 special tokens). An allowance, not measured
@@ -107,15 +105,6 @@ def parse_mesh(text: str) -> dict[str, int]:
                              f"got {item!r}")
         out[name.strip()] = int(size)
     return out
-
-
-def abstract_mesh(mesh_shape: Mapping[str, int]) -> AbstractMesh:
-    """A device-free ("data", "fsdp", "tensor") mesh of these sizes (missing axes are 1)."""
-    unknown = set(mesh_shape) - set(AXES)
-    if unknown:
-        raise ValueError(f"mesh axes {sorted(unknown)} are not among {AXES}")
-    sizes = tuple(int(mesh_shape.get(a, 1)) for a in AXES)
-    return AbstractMesh(sizes, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def _shape_of(mesh) -> dict[str, int]:
