@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ar1_jax.config_data import DataConfig, SceneConfig, SynthConfig  # sections defined there
+
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
 ATTENTION_SITES = ("vision", "decode", "expert")  # call sites with their own attention_impl_<site>
@@ -215,13 +217,12 @@ class ActionConfig:
     history_bins: int = 1000
     history_xy_clip: float = 4.0  # metres per step, x and y deltas
     history_z_clip: float = 10.0
-    flow_steps: int = 10  # Euler steps at inference
     flow_time_scale: float = 0.999  # training t = scale * (1 - s)
     flow_beta_a: float = 1.5  # s ~ Beta(a, b)
     flow_beta_b: float = 1.0
 
     def validate(self, where: str = "action") -> None:
-        _check_positive(self, where, ("horizon", "history", "future_bins", "history_bins", "flow_steps"))
+        _check_positive(self, where, ("horizon", "history", "future_bins", "history_bins"))
         for name in ("dt", "accel_bound", "curvature_bound", "accel_std", "curvature_std", "future_range",
                      "history_xy_clip", "history_z_clip", "flow_beta_a", "flow_beta_b"):
             _check(getattr(self, name) > 0, f"{where}.{name}", "> 0", getattr(self, name))
@@ -297,70 +298,7 @@ class InferConfig:
     temperature: float = 0.6  # 0 = greedy
     top_p: float = 0.98
     num_samples: int = 1  # K trajectories per scene
-    flow_steps: int = 10
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    """What the model sees: cameras x frames of `image_height x image_width` RGB, camera-major."""
-
-    num_cameras: int = 4
-    num_frames: int = 4
-    image_height: int = 56
-    image_width: int = 112
-    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The SFT input pipeline (`ar1_jax.data.pipeline`): a TFDS directory -> grain -> global batches.
-
-    `batch_size` is the global batch (all processes together); each process reads
-    `batch_size / process_count` examples from its own shard. A batch is padded to the smallest of
-    `bucket_lengths` that holds its longest sequence (`()`: derived from the model config, see
-    `pipeline.default_buckets`); a record longer than the largest bucket is a bad record. Bad records
-    (corrupt, missing camera, non-finite poses, over-long trace) fail naming the record and field,
-    or with `skip_bad_records` are skipped and counted.
-    """
-
-    dataset_dir: str = ""  # a TFDS dataset directory (dataset_info.json), e.g. `ar1 data synth --out`
-    split: str = "train"
-    batch_size: int = 8
-    bucket_lengths: tuple[int, ...] = ()
-    shuffle: bool = True
-    shuffle_seed: int = 0
-    num_epochs: int = 0  # 0: repeat forever
-    worker_count: int = 0  # grain worker processes; 0 decodes in threads of this process
-    num_threads: int = 2  # decode threads (per worker when worker_count > 0)
-    prefetch: int = 2  # batches decoded ahead
-    skip_bad_records: bool = False
-
-    def validate(self, where: str = "data") -> None:
-        for name in ("batch_size", "num_threads"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{where}.{name}",
-                   "a positive integer", getattr(self, name))
-        for name in ("num_epochs", "worker_count", "prefetch", "shuffle_seed"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{where}.{name}",
-                   "an integer >= 0", getattr(self, name))
-        _check(all(isinstance(n, int) and n > 0 for n in self.bucket_lengths)
-               and list(self.bucket_lengths) == sorted(set(self.bucket_lengths)), f"{where}.bucket_lengths",
-               "increasing positive lengths, or () for the default", self.bucket_lengths)
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Procedural scene generator (`ar1_jax.data.synthetic`): scenario families and their long-tail
-    frequencies (normalised when used; checked against the known families there), rendering
-    supersampling per axis, and how many seconds past the trajectory horizon agents and the expert
-    are simulated (for closed-loop replay)."""
-
-    families: tuple[str, ...] = (
-        "lane_follow", "lead_follow", "red_light_stop", "green_light_go", "yield_pedestrian", "jaywalker",
-        "cut_in", "construction_nudge", "stalled_car_lane_change", "turn", "emergency_stop", "pull_over")
-    frequencies: tuple[float, ...] = (0.35, 0.2, 0.08, 0.07, 0.06, 0.04, 0.04, 0.04, 0.04, 0.04, 0.02, 0.02)
-    supersample: int = 2
-    extra_seconds: float = 3.6
+    flow_steps: int = 10  # Euler steps of the expert's flow sampling (the one place the count is set)
 
 
 @dataclass(frozen=True)
@@ -390,7 +328,7 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop (`ar1_jax.train.loop`): optimizer, schedule, precision, logging, checkpoints.
+    """The training driver (`ar1_jax.train.driver`): optimizer, schedule, precision, logging, checkpoints.
 
     Precision: master weights and optimizer state are kept in `model.param_dtype` (float32 by
     default), the forward/backward runs in `model.dtype` (e.g. bfloat16). Module paths in
@@ -462,6 +400,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
@@ -476,6 +415,7 @@ class Config:
         self.mesh.validate("mesh")
         self.train.validate("train")
         self.data.validate("data")
+        self.synth.validate("synth")
         self.action.validate("action")
         self.expert.validate(self.model.text, "expert")
         if self.is_vla:

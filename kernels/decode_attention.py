@@ -56,11 +56,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from ar1_jax.kernels.flash_attention import (LOG2E, LN2, _LANES, _dot, _dot_nt, _gpu_params, _is_pow2,
-                                             _online_softmax_step, _round_up, _tpu_interpret, _tpu_params,
-                                             flash_attention_reference, resolve_backend)
+from ar1_jax.kernels._tiles import (LANES, LOG2E, MIN_BLOCK, NEG_INF, dot, dot_nt, gpu_params, head_dim_class,
+                                    is_pow2, lanes, normaliser, online_softmax_step, resolve_backend, round_up,
+                                    tpu_interpret, tpu_params)
+from ar1_jax.kernels.flash_attention import flash_attention_reference
 
-_NEG_INF = float("-inf")
 _FAR = 1 << 30  # "distance" of padded query rows: no key is visible to them
 
 
@@ -77,8 +77,6 @@ BLOCK_TABLE: dict[tuple[str, int], DecodeBlocks] = {
     ("tpu", 64): DecodeBlocks(512),
     ("tpu", 128): DecodeBlocks(512),
 }
-
-_MIN_BLOCK = {"gpu": 16, "tpu": 128}
 
 
 def decode_attention_reference(q, k_cache, v_cache, lengths, *, kv_valid=None, scale=None):
@@ -125,23 +123,22 @@ def _gpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_r
         start = pl.multiple_of(j * bk, bk)
         kb = k_ref[pl.ds(start, bk), :]
         vb = v_ref[pl.ds(start, bk), :]
-        s = _dot_nt(q, kb) * scale2
+        s = dot_nt(q, kb) * scale2
         k_idx = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
         visible = k_idx + back < length
         if c.has_valid:
             visible = jnp.logical_and(visible, (kvalid_ref[pl.ds(start, bk)] != 0)[None, :])
-        s = jnp.where(visible, s, _NEG_INF)
-        m_next, alpha, p, l_next = _online_softmax_step(s, m_prev, l_prev)
-        acc = acc * alpha[:, None] + _dot(p.astype(vb.dtype), vb)
+        s = jnp.where(visible, s, NEG_INF)
+        m_next, alpha, p, l_next = online_softmax_step(s, m_prev, l_prev)
+        acc = acc * alpha[:, None] + dot(p.astype(vb.dtype), vb)
         return acc, m_next, l_next
 
-    init = (jnp.zeros((c.rows, c.d), jnp.float32), jnp.full((c.rows,), _NEG_INF, jnp.float32),
+    init = (jnp.zeros((c.rows, c.d), jnp.float32), jnp.full((c.rows,), NEG_INF, jnp.float32),
             jnp.zeros((c.rows,), jnp.float32))
     acc, m, l = lax.fori_loop(lo, hi, body, init)
-    empty = l == 0.0
-    l_safe = jnp.where(empty, 1.0, l)
+    l_safe, lse = normaliser(m, l)
     o_ref[...] = acc / l_safe[:, None]
-    lse_ref[...] = jnp.where(empty, _NEG_INF, m * LN2 + jnp.log(l_safe))
+    lse_ref[...] = lse
 
 
 def _gpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
@@ -162,7 +159,7 @@ def _gpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
         out_shape=[jax.ShapeDtypeStruct((c.b, c.hkv, c.splits, c.rows, c.d), jnp.float32),
                    jax.ShapeDtypeStruct((c.b, c.hkv, c.splits, c.rows), jnp.float32)],
         interpret=c.interpret, name="decode_attention",
-        compiler_params=_gpu_params(c.num_warps, c.num_stages),
+        compiler_params=gpu_params(c.num_warps, c.num_stages),
     )(lengths, back, qr, k, v, kvalid)
 
 
@@ -175,7 +172,7 @@ def _tpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_r
 
     @pl.when(jj == 0)
     def _init():
-        m_sc[...] = jnp.full(m_sc.shape, _NEG_INF, jnp.float32)
+        m_sc[...] = jnp.full(m_sc.shape, NEG_INF, jnp.float32)
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
@@ -183,7 +180,7 @@ def _tpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_r
     def _compute():
         shape = (c.rows, bk)
         k_idx = blk * bk + lax.broadcasted_iota(jnp.int32, shape, 1)
-        visible = k_idx + jnp.tile(back_ref[...], (1, bk // _LANES)) < length
+        visible = k_idx + jnp.tile(back_ref[...], (1, bk // LANES)) < length
         if c.has_valid:
             visible = jnp.logical_and(visible, kvalid_ref[:1, :] != 0)
         kb_all = k_ref[...]
@@ -191,32 +188,18 @@ def _tpu_kernel(len_ref, back_ref, q_ref, k_ref, v_ref, kvalid_ref, o_ref, lse_r
         for h in range(c.hkv):  # static: every KV head of this cache block
             kb = kb_all[:, h * d:(h + 1) * d]
             vb = vb_all[:, h * d:(h + 1) * d]
-            s = jnp.where(visible, _dot_nt(q_ref[h], kb) * (c.scale * LOG2E), _NEG_INF)
-            m_prev = m_sc[h]
-            m_next = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
-            m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
-            alpha = jnp.exp2(m_prev - m_safe)
-            p = jnp.exp2(s - jnp.tile(m_safe, (1, bk // _LANES)))
-            l_sc[h] = alpha * l_sc[h] + jnp.sum(p, axis=1, keepdims=True)
+            s = jnp.where(visible, dot_nt(q_ref[h], kb) * (c.scale * LOG2E), NEG_INF)
+            m_next, alpha, p, l_next = online_softmax_step(s, m_sc[h], l_sc[h], lanes=True)
+            l_sc[h] = l_next
             m_sc[h] = m_next
-            acc_sc[h] = acc_sc[h] * _lane_cols(alpha, d) + _dot(p.astype(vb.dtype), vb)
+            acc_sc[h] = acc_sc[h] * lanes(alpha, d) + dot(p.astype(vb.dtype), vb)
 
     @pl.when(jj == c.per_split - 1)
     def _finish():
         for h in range(c.hkv):
-            l = l_sc[h]
-            empty = l == 0.0
-            l_safe = jnp.where(empty, 1.0, l)
-            o_ref[h] = acc_sc[h] * _lane_cols(1.0 / l_safe, d)
-            lse_ref[h] = jnp.where(empty, _NEG_INF, m_sc[h] * LN2 + jnp.log(l_safe))
-
-
-def _lane_cols(x, width):
-    if width == _LANES:
-        return x
-    if width < _LANES:
-        return x[:, :width]
-    return jnp.tile(x, (1, -(-width // _LANES)))[:, :width]
+            l_safe, lse = normaliser(m_sc[h], l_sc[h])
+            o_ref[h] = acc_sc[h] * lanes(1.0 / l_safe, d)
+            lse_ref[h] = lse
 
 
 def _tpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
@@ -225,7 +208,7 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
     b_, s_, hkv, d = k.shape
     kf = k.reshape(b_, s_, hkv * d)
     vf = v.reshape(b_, s_, hkv * d)
-    back_col = jnp.broadcast_to(back[:, None], (c.rows, _LANES))
+    back_col = jnp.broadcast_to(back[:, None], (c.rows, LANES))
 
     def kv_block(b, s, jj, len_ref):
         last = jnp.clip(lax.div(len_ref[b] + c.bk - 1, c.bk) - 1, 0, c.s_pad // c.bk - 1)
@@ -240,7 +223,7 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1, grid=(c.b, c.splits, c.per_split),
         in_specs=[
-            pl.BlockSpec((c.rows, _LANES), lambda b, s, jj, _: (0, 0)),
+            pl.BlockSpec((c.rows, LANES), lambda b, s, jj, _: (0, 0)),
             pl.BlockSpec((None, c.hkv, c.rows, d), lambda b, s, jj, _: (b, 0, 0, 0)),
             pl.BlockSpec((None, c.bk, hkv * d), kv_idx),
             pl.BlockSpec((None, c.bk, hkv * d), kv_idx),
@@ -248,17 +231,17 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
         ],
         out_specs=[
             pl.BlockSpec((None, None, c.hkv, c.rows, d), lambda b, s, jj, _: (b, s, 0, 0, 0)),
-            pl.BlockSpec((None, None, c.hkv, c.rows, _LANES), lambda b, s, jj, _: (b, s, 0, 0, 0)),
+            pl.BlockSpec((None, None, c.hkv, c.rows, LANES), lambda b, s, jj, _: (b, s, 0, 0, 0)),
         ],
-        scratch_shapes=[pltpu.VMEM((c.hkv, c.rows, _LANES), jnp.float32),
-                        pltpu.VMEM((c.hkv, c.rows, _LANES), jnp.float32),
+        scratch_shapes=[pltpu.VMEM((c.hkv, c.rows, LANES), jnp.float32),
+                        pltpu.VMEM((c.hkv, c.rows, LANES), jnp.float32),
                         pltpu.VMEM((c.hkv, c.rows, d), jnp.float32)])
     o, lse = pl.pallas_call(
         functools.partial(_tpu_kernel, c=c), grid_spec=grid_spec,
         out_shape=[jax.ShapeDtypeStruct((c.b, c.splits, c.hkv, c.rows, d), jnp.float32),
-                   jax.ShapeDtypeStruct((c.b, c.splits, c.hkv, c.rows, _LANES), jnp.float32)],
-        compiler_params=_tpu_params(("parallel", "parallel", "arbitrary")),
-        interpret=_tpu_interpret(c.interpret), name="decode_attention",
+                   jax.ShapeDtypeStruct((c.b, c.splits, c.hkv, c.rows, LANES), jnp.float32)],
+        compiler_params=tpu_params(("parallel", "parallel", "arbitrary")),
+        interpret=tpu_interpret(c.interpret), name="decode_attention",
     )(lengths, back_col, qr, kf, vf,
       None if kvalid is None else jnp.broadcast_to(kvalid[:, None, :], (c.b, 8, c.s_pad)))
     # -> [B, Hkv, splits, rows, ...] like the GPU kernel
@@ -266,7 +249,7 @@ def _tpu_call(c: _Cfg, qr, k, v, lengths, back, kvalid):
 
 
 def _pick_block(block, s, minimum):
-    if not _is_pow2(block) or block < minimum:
+    if not is_pow2(block) or block < minimum:
         raise ValueError(f"decode_attention: block_k={block} must be a power of two >= {minimum}")
     block = min(block, max(minimum, pl.next_power_of_2(s)))
     b = block
@@ -274,7 +257,7 @@ def _pick_block(block, s, minimum):
         if s % b == 0:
             return b, s
         b //= 2
-    return block, _round_up(s, block)
+    return block, round_up(s, block)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "block_k", "num_splits", "backend",
@@ -311,8 +294,8 @@ def decode_attention(q, k_cache, v_cache, lengths, *, kv_valid=None, scale=None,
     lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (b,))
     scale = float(d**-0.5 if scale is None else scale)
     g = h // hkv
-    table = BLOCK_TABLE[(backend, 64 if d <= 64 else 128)]
-    bk, s_pad = _pick_block(block_k or table.block_k, s, _MIN_BLOCK[backend])
+    table = BLOCK_TABLE[(backend, head_dim_class(d))]
+    bk, s_pad = _pick_block(block_k or table.block_k, s, MIN_BLOCK[backend])
     nk = s_pad // bk
     if num_splits is None:
         if backend == "gpu":
@@ -327,7 +310,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, kv_valid=None, scale=None,
         rows_pad = max(16, pl.next_power_of_2(rows))
         d_k = max(16, pl.next_power_of_2(d))
     else:
-        rows_pad = _round_up(rows, 8)
+        rows_pad = round_up(rows, 8)
         d_k = d
     c = _Cfg(backend=backend, interpret=bool(interpret), scale=scale, b=b, hkv=hkv, rows=rows_pad,
              d=d_k, s_pad=s_pad, bk=bk, splits=splits, per_split=per_split,

@@ -9,8 +9,9 @@ Layout: q `[B, Sq, H, D]`, k / v `[B, Sk, Hkv, D]`, H a multiple of Hkv (query h
 head `h // (H // Hkv)`). Output `[B, Sq, H, D]` in q's dtype; logsumexp `[B, H, Sq]` float32 (natural
 log) when `return_lse=True`.
 
-Mask semantics (identical to `ar1_jax.model.attention.make_mask`). Query i of batch b has slot
-`q_offset[b] + i`, key j has slot j. Key j is visible to query i when all of these hold:
+Mask semantics (`ar1_jax.kernels._tiles.visibility`, the builder under the model's `make_mask`
+too). Query i of batch b has slot `q_offset[b] + i`, key j has slot j. Key j is visible to query i
+when all of these hold:
   * `kv_valid[b, j]` (key padding; None = all valid),
   * causal: `j <= q_slot`, unless both slots are `>= bidirectional_from[b]` (the action expert's
     trailing block attends to itself fully); `causal=False` drops this condition,
@@ -24,10 +25,13 @@ row with at least one visible key, which is the only place the comparison is mea
 
 Design
 ------
-* Two backends, one algorithm. `backend="gpu"`: Pallas with the Triton lowering (`pl.pallas_call` with
-  grid + BlockSpecs and `triton.CompilerParams`, so it never goes to Mosaic GPU); the grid is one
-  program per (batch, head, query block) and each program loops over its key blocks with
-  `lax.fori_loop`, keys and values of its head living as one whole-sequence block in HBM.
+* Two backends, one algorithm: `flash_attention_gpu` and `flash_attention_tpu` hold the kernels
+  around the tile math they share (`_tiles`: mask, online-softmax step, matmuls); this module holds
+  the entry point, the reference, the block table and ranges and the custom_vjp wiring.
+  `backend="gpu"`: Pallas with the Triton lowering (`pl.pallas_call` with grid + BlockSpecs and
+  `triton.CompilerParams`, so it never goes to Mosaic GPU); the grid is one program per (batch,
+  head, query block) and each program loops over its key blocks with `lax.fori_loop`, keys and
+  values of its head living as one whole-sequence block in HBM.
   `backend="tpu"`: Pallas Mosaic, grid (batch, head, query block, key block) with the key axis
   "arbitrary" and the running max / sum / accumulator in VMEM scratch (the TPU pipeline
   double-buffers the key blocks); loop bounds come in through scalar prefetch (SMEM).
@@ -92,18 +96,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
-_NEG_INF = float("-inf")
-_LANES = 128
-_SUBLANES = 8
+from ar1_jax.kernels import flash_attention_gpu, flash_attention_tpu
+from ar1_jax.kernels._tiles import LANES, MIN_BLOCK, head_dim_class, is_pow2, resolve_backend, round_up, visibility
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,67 +142,21 @@ BLOCK_TABLE: dict[tuple[str, int], BlockSizes] = {
     ("tpu", 128): BlockSizes(512, 512, 512, 512, 512, 512),
 }
 
-_MIN_BLOCK = {"gpu": 16, "tpu": 128}
-
 
 def block_sizes_for(backend: str, head_dim: int) -> BlockSizes:
     """The table entry for a backend and head dim (D <= 64 uses the 64 row, larger D the 128 row)."""
-    return BLOCK_TABLE[(backend, 64 if head_dim <= 64 else 128)]
-
-
-def resolve_backend(backend: str | None, interpret: bool) -> tuple[str, bool]:
-    """`backend=None` follows the default device; a CPU host gets the GPU-style kernel, interpreted."""
-    if backend is None:
-        platform = jax.default_backend()
-        if platform == "tpu":
-            backend = "tpu"
-        elif platform in ("gpu", "cuda", "rocm"):
-            backend = "gpu"
-        else:
-            backend, interpret = "gpu", True
-    if backend not in ("gpu", "tpu"):
-        raise ValueError(f"flash_attention: backend must be 'gpu', 'tpu' or None, got {backend!r}")
-    return backend, interpret
-
-
-def _is_pow2(x: int) -> bool:
-    return x > 0 and (x & (x - 1)) == 0
+    return BLOCK_TABLE[(backend, head_dim_class(head_dim))]
 
 
 def _clamp_block(block: int, length: int, minimum: int, what: str) -> int:
-    if not _is_pow2(block) or block < minimum:
+    if not is_pow2(block) or block < minimum:
         raise ValueError(f"flash_attention: {what}={block} must be a power of two >= {minimum}")
     return min(block, max(minimum, pl.next_power_of_2(length)))
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 # --------------------------------------------------------------------------------------------------
-# Mask (shared by reference, range tables and kernels)
+# Reference
 # --------------------------------------------------------------------------------------------------
-
-
-def make_mask(q_slots, k_slots, *, causal, bidirectional_from=None, q_segment=None, kv_segment=None,
-              kv_valid=None):
-    """Visibility `[..., Sq, Sk]` from broadcastable pieces (the kernels pass 2-D tiles)."""
-    mask = None
-
-    def _and(m, c):
-        return c if m is None else jnp.logical_and(m, c)
-
-    if causal:
-        vis = k_slots <= q_slots
-        if bidirectional_from is not None:
-            vis = jnp.logical_or(vis, jnp.logical_and(q_slots >= bidirectional_from,
-                                                      k_slots >= bidirectional_from))
-        mask = _and(mask, vis)
-    if q_segment is not None:
-        mask = _and(mask, q_segment == kv_segment)
-    if kv_valid is not None:
-        mask = _and(mask, kv_valid)
-    return mask
 
 
 def _reference_mask(b, sq, sk, *, causal, q_offset, bidirectional_from, segment_ids, kv_valid):
@@ -213,8 +167,8 @@ def _reference_mask(b, sq, sk, *, causal, q_offset, bidirectional_from, segment_
     if segment_ids is not None:
         qs, ks = segment_ids[0][:, :, None], segment_ids[1][:, None, :]
     kvv = None if kv_valid is None else kv_valid[:, None, :]
-    mask = make_mask(q_slots, k_slots, causal=causal, bidirectional_from=bf, q_segment=qs,
-                     kv_segment=ks, kv_valid=kvv)
+    mask = visibility(q_slots, k_slots, causal=causal, bidirectional_from=bf, q_segment=qs,
+                      kv_segment=ks, kv_valid=kvv)
     if mask is None:
         mask = jnp.ones((b, sq, sk), bool)
     return jnp.broadcast_to(mask, (b, sq, sk))
@@ -251,9 +205,7 @@ def _normalise_args(q, k, v, segment_ids, kv_valid, bidirectional_from, q_offset
     return segment_ids, kv_valid, bidir, q_off
 
 
-# --------------------------------------------------------------------------------------------------
-# Reference
-# --------------------------------------------------------------------------------------------------
+
 
 
 def flash_attention_reference(q, k, v, *, causal=True, segment_ids=None, kv_valid=None,
@@ -374,7 +326,9 @@ def _query_block_ranges(*, b, sq, sk, bq, bk, nk, causal, q_off, bidir, segment_
 
 
 @dataclasses.dataclass(frozen=True)
-class _Cfg:
+class FlashConfig:
+    """Static shapes, blocks and mask features of one call (the kernels' `c`)."""
+
     backend: str
     interpret: bool
     causal: bool
@@ -413,605 +367,6 @@ class _Cfg:
         return self.sq_pad != self.sq
 
 
-def _dot_nt(a, b):
-    """a [m, d] . b [n, d]^T -> [m, n] float32."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _and_mask(mask, cond):
-    """`mask & cond`, where a None mask means everything is visible."""
-    return cond if mask is None else jnp.logical_and(mask, cond)
-
-
-def _online_softmax_step(s, m_prev, l_prev):
-    """One key block of the online softmax (base-2 logits `s [rows, bk]`): the new running max,
-    the rescale factor of the old accumulator, the block's probabilities and the new running sum.
-    Rows that have seen no key yet keep max -inf without producing NaNs."""
-    m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
-    m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
-    alpha = jnp.exp2(m_prev - m_safe)
-    p = jnp.exp2(s - m_safe[:, None])
-    return m_next, alpha, p, alpha * l_prev + jnp.sum(p, axis=1)
-
-
-def _dot(a, b):
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _dot_tn(a, b):
-    """a [k, m]^T . b [k, n] -> [m, n] float32."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# GPU (Triton) kernels
-# --------------------------------------------------------------------------------------------------
-
-
-def _gpu_params(num_warps, num_stages):
-    from jax.experimental.pallas import triton as pltriton
-
-    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-
-
-def _gpu_fwd_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref,
-                    kvalid_ref, o_ref, lse_ref, *, c: _Cfg):
-    bq, bk = c.bq, c.bk
-    qi = pl.program_id(2)
-    lo, hi = lo_ref[0], hi_ref[0]
-    q = q_ref[...]
-    q_slot = (qoff_ref[0] + qi * bq + jnp.arange(bq, dtype=jnp.int32))[:, None]
-    bidir = bidir_ref[0] if c.has_bidir else None
-    qseg = qseg_ref[...][:, None] if c.has_seg else None
-    scale2 = c.scale * LOG2E
-
-    def body(j, carry):
-        acc, m_prev, l_prev = carry
-        start = pl.multiple_of(j * bk, bk)
-        ks = pl.ds(start, bk)
-        kb = k_ref[ks, :]
-        vb = v_ref[ks, :]
-        s = _dot_nt(q, kb) * scale2
-        k_idx = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
-        mask = make_mask(q_slot, k_idx, causal=c.causal, bidirectional_from=bidir,
-                         q_segment=qseg, kv_segment=kseg_ref[ks][None, :] if c.has_seg else None,
-                         kv_valid=(kvalid_ref[ks] != 0)[None, :] if c.has_valid else None)
-        if c.k_padded:
-            mask = _and_mask(mask, k_idx < c.sk)
-        if mask is not None:
-            s = jnp.where(mask, s, _NEG_INF)
-        m_next, alpha, p, l_next = _online_softmax_step(s, m_prev, l_prev)
-        acc = acc * alpha[:, None] + _dot(p.astype(vb.dtype), vb)
-        return acc, m_next, l_next
-
-    init = (jnp.zeros((bq, c.d_pad), jnp.float32), jnp.full((bq,), _NEG_INF, jnp.float32),
-            jnp.zeros((bq,), jnp.float32))
-    acc, m, l = lax.fori_loop(lo, hi, body, init)
-    empty = l == 0.0
-    l_safe = jnp.where(empty, 1.0, l)
-    o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(empty, _NEG_INF, m * LN2 + jnp.log(l_safe))
-
-
-def _gpu_dq_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                   delta_ref, qseg_ref, kseg_ref, kvalid_ref, dq_ref, *, c: _Cfg):
-    bq, bk = c.bq_dq, c.bk_dq
-    qi = pl.program_id(2)
-    lo, hi = lo_ref[0], hi_ref[0]
-    q = q_ref[...]
-    do = do_ref[...]
-    lse2 = (lse_ref[...] * LOG2E)[:, None]
-    delta = delta_ref[...][:, None]
-    q_slot = (qoff_ref[0] + qi * bq + jnp.arange(bq, dtype=jnp.int32))[:, None]
-    bidir = bidir_ref[0] if c.has_bidir else None
-    qseg = qseg_ref[...][:, None] if c.has_seg else None
-    scale2 = c.scale * LOG2E
-
-    def body(j, dq):
-        start = pl.multiple_of(j * bk, bk)
-        ks = pl.ds(start, bk)
-        kb = k_ref[ks, :]
-        vb = v_ref[ks, :]
-        s = _dot_nt(q, kb) * scale2
-        k_idx = (start + jnp.arange(bk, dtype=jnp.int32))[None, :]
-        mask = make_mask(q_slot, k_idx, causal=c.causal, bidirectional_from=bidir,
-                         q_segment=qseg, kv_segment=kseg_ref[ks][None, :] if c.has_seg else None,
-                         kv_valid=(kvalid_ref[ks] != 0)[None, :] if c.has_valid else None)
-        if c.k_padded:
-            mask = _and_mask(mask, k_idx < c.sk)
-        p = jnp.exp2(s - lse2)
-        if mask is not None:
-            p = jnp.where(mask, p, 0.0)
-        dp = _dot_nt(do, vb)
-        ds = p * (dp - delta)
-        return dq + _dot(ds.astype(kb.dtype), kb)
-
-    dq = lax.fori_loop(lo, hi, body, jnp.zeros((bq, c.d_pad), jnp.float32))
-    dq_ref[...] = (dq * c.scale).astype(dq_ref.dtype)
-
-
-def _gpu_dkv_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                    delta_ref, qseg_ref, kseg_ref, kvalid_ref, dk_ref, dv_ref, *, c: _Cfg):
-    bq, bk = c.bq_dkv, c.bk_dkv
-    kj = pl.program_id(2)
-    lo, hi = lo_ref[0], hi_ref[0]
-    kb = k_ref[...]
-    vb = v_ref[...]
-    k_idx = (kj * bk + jnp.arange(bk, dtype=jnp.int32))[:, None]  # keys are rows here
-    qoff = qoff_ref[0]
-    bidir = bidir_ref[0] if c.has_bidir else None
-    kseg = kseg_ref[...][:, None] if c.has_seg else None
-    kvalid = (kvalid_ref[...] != 0)[:, None] if c.has_valid else None
-    scale2 = c.scale * LOG2E
-
-    def q_body(i, carry, g):
-        dk, dv = carry
-        start = pl.multiple_of(i * bq, bq)
-        qs = pl.ds(start, bq)
-        qb = q_ref[qs, g, :]
-        dob = do_ref[qs, g, :]
-        lse2 = (lse_ref[g, qs] * LOG2E)[None, :]
-        delta = delta_ref[g, qs][None, :]
-        st = _dot_nt(kb, qb) * scale2  # [bk, bq]
-        q_row = (start + jnp.arange(bq, dtype=jnp.int32))[None, :]
-        mask = make_mask(qoff + q_row, k_idx, causal=c.causal, bidirectional_from=bidir,
-                         q_segment=qseg_ref[qs][None, :] if c.has_seg else None, kv_segment=kseg,
-                         kv_valid=kvalid)
-        if c.k_padded:
-            mask = _and_mask(mask, k_idx < c.sk)
-        if c.q_padded:
-            mask = _and_mask(mask, q_row < c.sq)
-        pt = jnp.exp2(st - lse2)
-        if mask is not None:
-            pt = jnp.where(mask, pt, 0.0)
-        dv = dv + _dot(pt.astype(dob.dtype), dob)
-        dpt = _dot_nt(vb, dob)
-        dst = pt * (dpt - delta)
-        dk = dk + _dot(dst.astype(qb.dtype), qb)
-        return dk, dv
-
-    def g_body(g, carry):
-        return lax.fori_loop(lo, hi, functools.partial(q_body, g=g), carry)
-
-    zeros = jnp.zeros((bk, c.d_pad), jnp.float32)
-    dk, dv = lax.fori_loop(0, c.g, g_body, (zeros, zeros))
-    dk_ref[...] = (dk * c.scale).astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
-
-
-def _scalar_spec(index):
-    """A (1,)-block of a flat int32 vector, for the GPU kernels' per-program scalars."""
-    return pl.BlockSpec((1,), index)
-
-
-def _gpu_forward(c: _Cfg, q, k, v, aux):
-    nq = c.sq_pad // c.bq
-    qseg, kseg, kvalid, qoff, bidir = aux["qseg"], aux["kseg"], aux["kvalid"], aux["qoff"], aux["bidir"]
-    lo, hi = aux["fwd_lo"].reshape(-1), aux["fwd_hi"].reshape(-1)
-    g = c.g
-    in_specs = [
-        _scalar_spec(lambda b, h, i: (b * nq + i,)),
-        _scalar_spec(lambda b, h, i: (b * nq + i,)),
-        _scalar_spec(lambda b, h, i: (b,)),
-        _scalar_spec(lambda b, h, i: (b,)) if c.has_bidir else None,
-        pl.BlockSpec((None, c.bq, None, c.d_pad), lambda b, h, i: (b, i, h, 0)),
-        pl.BlockSpec((None, c.sk_pad, None, c.d_pad), lambda b, h, i: (b, 0, lax.div(h, g), 0)),
-        pl.BlockSpec((None, c.sk_pad, None, c.d_pad), lambda b, h, i: (b, 0, lax.div(h, g), 0)),
-        pl.BlockSpec((None, c.bq), lambda b, h, i: (b, i)) if c.has_seg else None,
-        pl.BlockSpec((None, c.sk_pad), lambda b, h, i: (b, 0)) if c.has_seg else None,
-        pl.BlockSpec((None, c.sk_pad), lambda b, h, i: (b, 0)) if c.has_valid else None,
-    ]
-    out_specs = [
-        pl.BlockSpec((None, c.bq, None, c.d_pad), lambda b, h, i: (b, i, h, 0)),
-        pl.BlockSpec((None, None, c.bq), lambda b, h, i: (b, h, i)),
-    ]
-    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((c.b, c.h, c.sq_pad), jnp.float32)]
-    o, lse = pl.pallas_call(
-        functools.partial(_gpu_fwd_kernel, c=c), grid=(c.b, c.h, nq), in_specs=in_specs,
-        out_specs=out_specs, out_shape=out_shape, interpret=c.interpret, name="flash_fwd",
-        compiler_params=_gpu_params(c.num_warps, c.num_stages),
-    )(lo, hi, qoff, bidir, q, k, v, qseg, kseg, kvalid)
-    return o, lse
-
-
-def _gpu_backward(c: _Cfg, q, k, v, aux, do, lse, delta):
-    qseg, kseg, kvalid, qoff, bidir = aux["qseg"], aux["kseg"], aux["kvalid"], aux["qoff"], aux["bidir"]
-    g = c.g
-    params = _gpu_params(c.num_warps_bwd, c.num_stages)
-    # dq: grid over query blocks, loop over the forward-style key ranges.
-    nq = c.sq_pad // c.bq_dq
-    lo, hi = aux["dq_lo"].reshape(-1), aux["dq_hi"].reshape(-1)
-    bq, bk = c.bq_dq, c.bk_dq
-    dq = pl.pallas_call(
-        functools.partial(_gpu_dq_kernel, c=c), grid=(c.b, c.h, nq),
-        in_specs=[
-            _scalar_spec(lambda b, h, i: (b * nq + i,)),
-            _scalar_spec(lambda b, h, i: (b * nq + i,)),
-            _scalar_spec(lambda b, h, i: (b,)),
-            _scalar_spec(lambda b, h, i: (b,)) if c.has_bidir else None,
-            pl.BlockSpec((None, bq, None, c.d_pad), lambda b, h, i: (b, i, h, 0)),
-            pl.BlockSpec((None, c.sk_pad, None, c.d_pad), lambda b, h, i: (b, 0, lax.div(h, g), 0)),
-            pl.BlockSpec((None, c.sk_pad, None, c.d_pad), lambda b, h, i: (b, 0, lax.div(h, g), 0)),
-            pl.BlockSpec((None, bq, None, c.d_pad), lambda b, h, i: (b, i, h, 0)),
-            pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
-            pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
-            pl.BlockSpec((None, bq), lambda b, h, i: (b, i)) if c.has_seg else None,
-            pl.BlockSpec((None, c.sk_pad), lambda b, h, i: (b, 0)) if c.has_seg else None,
-            pl.BlockSpec((None, c.sk_pad), lambda b, h, i: (b, 0)) if c.has_valid else None,
-        ],
-        out_specs=pl.BlockSpec((None, bq, None, c.d_pad), lambda b, h, i: (b, i, h, 0)),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=c.interpret,
-        name="flash_bwd_dq", compiler_params=params,
-    )(lo, hi, qoff, bidir, q, k, v, do, lse, delta, qseg, kseg, kvalid)
-    # dk, dv: grid over key blocks and kv heads, loop over the group's query heads and query blocks.
-    nk = c.sk_pad // c.bk_dkv
-    lo, hi = aux["dkv_lo"].reshape(-1), aux["dkv_hi"].reshape(-1)
-    bq, bk = c.bq_dkv, c.bk_dkv
-    dk, dv = pl.pallas_call(
-        functools.partial(_gpu_dkv_kernel, c=c), grid=(c.b, c.hkv, nk),
-        in_specs=[
-            _scalar_spec(lambda b, h, j: (b * nk + j,)),
-            _scalar_spec(lambda b, h, j: (b * nk + j,)),
-            _scalar_spec(lambda b, h, j: (b,)),
-            _scalar_spec(lambda b, h, j: (b,)) if c.has_bidir else None,
-            pl.BlockSpec((None, c.sq_pad, g, c.d_pad), lambda b, h, j: (b, 0, h, 0)),
-            pl.BlockSpec((None, bk, None, c.d_pad), lambda b, h, j: (b, j, h, 0)),
-            pl.BlockSpec((None, bk, None, c.d_pad), lambda b, h, j: (b, j, h, 0)),
-            pl.BlockSpec((None, c.sq_pad, g, c.d_pad), lambda b, h, j: (b, 0, h, 0)),
-            pl.BlockSpec((None, g, c.sq_pad), lambda b, h, j: (b, h, 0)),
-            pl.BlockSpec((None, g, c.sq_pad), lambda b, h, j: (b, h, 0)),
-            pl.BlockSpec((None, c.sq_pad), lambda b, h, j: (b, 0)) if c.has_seg else None,
-            pl.BlockSpec((None, bk), lambda b, h, j: (b, j)) if c.has_seg else None,
-            pl.BlockSpec((None, bk), lambda b, h, j: (b, j)) if c.has_valid else None,
-        ],
-        out_specs=[pl.BlockSpec((None, bk, None, c.d_pad), lambda b, h, j: (b, j, h, 0))] * 2,
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        interpret=c.interpret, name="flash_bwd_dkv", compiler_params=params,
-    )(lo, hi, qoff, bidir, q, k, v, do, lse, delta, qseg, kseg, kvalid)
-    return dq, dk, dv
-
-
-# --------------------------------------------------------------------------------------------------
-# TPU (Mosaic) kernels
-# --------------------------------------------------------------------------------------------------
-
-
-def _tpu_interpret(interpret: bool):
-    if not interpret:
-        return False
-    from jax.experimental.pallas import tpu as pltpu
-
-    return pltpu.InterpretParams()
-
-
-def _tpu_params(semantics):
-    from jax.experimental.pallas import tpu as pltpu
-
-    return pltpu.CompilerParams(dimension_semantics=semantics)
-
-
-def _tpu_fused(d_pad: int) -> bool:
-    return d_pad % _LANES == 0
-
-
-def _tpu_operand(x, fused):
-    """[B, S, N, D] -> the array the TPU kernel reads ([B, S, N*D] free reshape, or [B, N, S, D])."""
-    bsz, s, n, d = x.shape
-    return x.reshape(bsz, s, n * d) if fused else jnp.swapaxes(x, 1, 2)
-
-
-def _tpu_result(y, fused, shape):
-    return y.reshape(shape) if fused else jnp.swapaxes(y, 1, 2)
-
-
-def _tpu_spec(fused, rows, d, index):
-    """Block of `rows` tokens x one head; `index(*grid, *scalars) -> (batch, row_block, head)`."""
-    if fused:
-        return pl.BlockSpec((None, rows, d), index)
-
-    def idx(*args):
-        b, r, n = index(*args)
-        return b, n, r, 0
-
-    return pl.BlockSpec((None, None, rows, d), idx)
-
-
-def _lanes(x, width):
-    """A lane-replicated [rows, 128] array as [rows, width] (width a multiple of 128 or < 128)."""
-    if width == _LANES:
-        return x
-    if width < _LANES:
-        return x[:, :width]
-    return jnp.tile(x, (1, width // _LANES))
-
-
-def _tpu_fwd_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref,
-                    kvalid_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, c: _Cfg):
-    bq, bk = c.bq, c.bk
-    b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    nq, nk = c.sq_pad // bq, c.sk_pad // bk
-    lo, hi = lo_ref[b * nq + i], hi_ref[b * nq + i]
-
-    @pl.when(j == 0)
-    def _init():
-        m_sc[...] = jnp.full(m_sc.shape, _NEG_INF, jnp.float32)
-        l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
-        acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
-
-    @pl.when(jnp.logical_and(j >= lo, j < hi))
-    def _compute():
-        s = _dot_nt(q_ref[...], k_ref[...]) * (c.scale * LOG2E)
-        shape = (bq, bk)
-        q_slot = qoff_ref[b] + i * bq + lax.broadcasted_iota(jnp.int32, shape, 0)
-        k_idx = j * bk + lax.broadcasted_iota(jnp.int32, shape, 1)
-        mask = make_mask(
-            q_slot, k_idx, causal=c.causal, bidirectional_from=bidir_ref[b] if c.has_bidir else None,
-            q_segment=jnp.tile(qseg_ref[...], (1, bk // _LANES)) if c.has_seg else None,
-            kv_segment=kseg_ref[:1, :] if c.has_seg else None,
-            kv_valid=kvalid_ref[:1, :] != 0 if c.has_valid else None)
-        if c.k_padded:
-            mask = _and_mask(mask, k_idx < c.sk)
-        if mask is not None:
-            s = jnp.where(mask, s, _NEG_INF)
-        m_prev = m_sc[...]
-        m_next = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))  # [bq, 128]
-        m_safe = jnp.where(m_next == _NEG_INF, 0.0, m_next)
-        alpha = jnp.exp2(m_prev - m_safe)
-        p = jnp.exp2(s - jnp.tile(m_safe, (1, bk // _LANES)))
-        l_sc[...] = alpha * l_sc[...] + jnp.sum(p, axis=1, keepdims=True)
-        m_sc[...] = m_next
-        vb = v_ref[...]
-        acc_sc[...] = acc_sc[...] * _lanes(alpha, c.d_pad) + _dot(p.astype(vb.dtype), vb)
-
-    @pl.when(j == nk - 1)
-    def _finish():
-        l = l_sc[...]
-        empty = l == 0.0
-        l_safe = jnp.where(empty, 1.0, l)
-        o_ref[...] = (acc_sc[...] * _lanes(1.0 / l_safe, c.d_pad)).astype(o_ref.dtype)
-        lse_ref[...] = jnp.where(empty, _NEG_INF, m_sc[...] * LN2 + jnp.log(l_safe))
-
-
-def _tpu_dq_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                   delta_ref, qseg_ref, kseg_ref, kvalid_ref, dq_ref, dq_sc, *, c: _Cfg):
-    bq, bk = c.bq_dq, c.bk_dq
-    b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    nq, nk = c.sq_pad // bq, c.sk_pad // bk
-    lo, hi = lo_ref[b * nq + i], hi_ref[b * nq + i]
-
-    @pl.when(j == 0)
-    def _init():
-        dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
-
-    @pl.when(jnp.logical_and(j >= lo, j < hi))
-    def _compute():
-        kb = k_ref[...]
-        s = _dot_nt(q_ref[...], kb) * (c.scale * LOG2E)
-        shape = (bq, bk)
-        q_slot = qoff_ref[b] + i * bq + lax.broadcasted_iota(jnp.int32, shape, 0)
-        k_idx = j * bk + lax.broadcasted_iota(jnp.int32, shape, 1)
-        mask = make_mask(
-            q_slot, k_idx, causal=c.causal, bidirectional_from=bidir_ref[b] if c.has_bidir else None,
-            q_segment=jnp.tile(qseg_ref[...], (1, bk // _LANES)) if c.has_seg else None,
-            kv_segment=kseg_ref[:1, :] if c.has_seg else None,
-            kv_valid=kvalid_ref[:1, :] != 0 if c.has_valid else None)
-        if c.k_padded:
-            mask = _and_mask(mask, k_idx < c.sk)
-        lse2 = jnp.expand_dims(lse_ref[0], -1) * LOG2E  # [bq, 1]
-        delta = jnp.expand_dims(delta_ref[0], -1)
-        p = jnp.exp2(s - lse2)
-        if mask is not None:
-            p = jnp.where(mask, p, 0.0)
-        dp = _dot_nt(do_ref[...], v_ref[...])
-        ds = p * (dp - delta)
-        dq_sc[...] += _dot(ds.astype(kb.dtype), kb)
-
-    @pl.when(j == nk - 1)
-    def _finish():
-        dq_ref[...] = (dq_sc[...] * c.scale).astype(dq_ref.dtype)
-
-
-def _tpu_dkv_kernel(lo_ref, hi_ref, qoff_ref, bidir_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                    delta_ref, qseg_ref, kseg_ref, kvalid_ref, dk_ref, dv_ref, dk_sc, dv_sc, *,
-                    c: _Cfg):
-    bq, bk = c.bq_dkv, c.bk_dkv
-    b, kj, gi, i = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
-    nq, nk = c.sq_pad // bq, c.sk_pad // bk
-    lo, hi = lo_ref[b * nk + kj], hi_ref[b * nk + kj]
-
-    @pl.when(jnp.logical_and(gi == 0, i == 0))
-    def _init():
-        dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
-        dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
-
-    @pl.when(jnp.logical_and(i >= lo, i < hi))
-    def _compute():
-        qb = q_ref[...]
-        dob = do_ref[...]
-        st = _dot_nt(k_ref[...], qb) * (c.scale * LOG2E)  # [bk, bq]
-        shape = (bk, bq)
-        k_idx = kj * bk + lax.broadcasted_iota(jnp.int32, shape, 0)
-        q_row = i * bq + lax.broadcasted_iota(jnp.int32, shape, 1)
-        mask = make_mask(
-            qoff_ref[b] + q_row, k_idx, causal=c.causal,
-            bidirectional_from=bidir_ref[b] if c.has_bidir else None,
-            q_segment=qseg_ref[:1, :] if c.has_seg else None,
-            kv_segment=jnp.tile(kseg_ref[...], (1, bq // _LANES)) if c.has_seg else None,
-            kv_valid=jnp.tile(kvalid_ref[...], (1, bq // _LANES)) != 0 if c.has_valid else None)
-        if c.k_padded:
-            mask = _and_mask(mask, k_idx < c.sk)
-        if c.q_padded:
-            mask = _and_mask(mask, q_row < c.sq)
-        pt = jnp.exp2(st - lse_ref[:1, :] * LOG2E)
-        if mask is not None:
-            pt = jnp.where(mask, pt, 0.0)
-        dv_sc[...] += _dot(pt.astype(dob.dtype), dob)
-        dpt = _dot_nt(v_ref[...], dob)
-        dst = pt * (dpt - delta_ref[:1, :])
-        dk_sc[...] += _dot(dst.astype(qb.dtype), qb)
-
-    @pl.when(jnp.logical_and(gi == c.g - 1, i == nq - 1))
-    def _finish():
-        dk_ref[...] = (dk_sc[...] * c.scale).astype(dk_ref.dtype)
-        dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
-
-
-def _col(x, s_pad):
-    """[B, S] -> lane-replicated [B, S_pad, 128] int32 (a per-token column)."""
-    x = jnp.pad(x.astype(jnp.int32), ((0, 0), (0, s_pad - x.shape[1])))
-    return jnp.broadcast_to(x[:, :, None], (*x.shape, _LANES))
-
-
-def _row(x, s_pad):
-    """[B(, H), S] -> sublane-replicated [B(, H), 8, S_pad] (a per-token row)."""
-    pad = [(0, 0)] * (x.ndim - 1) + [(0, s_pad - x.shape[-1])]
-    x = jnp.pad(x, pad)
-    return jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], _SUBLANES, x.shape[-1]))
-
-
-def _clamp(j, lo, hi):
-    return jnp.maximum(jnp.minimum(j, hi - 1), lo)
-
-
-def _tpu_forward(c: _Cfg, q, k, v, aux):
-    from jax.experimental.pallas import tpu as pltpu
-
-    fused = _tpu_fused(c.d_pad)
-    g, bq, bk = c.g, c.bq, c.bk
-    nq, nk = c.sq_pad // bq, c.sk_pad // bk
-    d = c.d_pad
-
-    def q_idx(b, h, i, j, lo, hi, qo, bf):
-        return b, i, h
-
-    def k_idx(b, h, i, j, lo, hi, qo, bf):
-        return b, _clamp(j, lo[b * nq + i], hi[b * nq + i]), lax.div(h, g)
-
-    def kvec_idx(b, h, i, j, lo, hi, qo, bf):
-        return b, 0, _clamp(j, lo[b * nq + i], hi[b * nq + i])
-
-    in_specs = [
-        _tpu_spec(fused, bq, d, q_idx), _tpu_spec(fused, bk, d, k_idx), _tpu_spec(fused, bk, d, k_idx),
-        pl.BlockSpec((None, bq, _LANES), lambda b, h, i, j, *_: (b, i, 0)) if c.has_seg else None,
-        pl.BlockSpec((None, _SUBLANES, bk), kvec_idx) if c.has_seg else None,
-        pl.BlockSpec((None, _SUBLANES, bk), kvec_idx) if c.has_valid else None,
-    ]
-    out_specs = [_tpu_spec(fused, bq, d, q_idx),
-                 pl.BlockSpec((None, None, bq, _LANES), lambda b, h, i, j, *_: (b, h, i, 0))]
-    qseg = _col(aux["qseg"], c.sq_pad) if c.has_seg else None
-    kseg = _row(aux["kseg"], c.sk_pad) if c.has_seg else None
-    kvalid = _row(aux["kvalid"], c.sk_pad) if c.has_valid else None
-    qt = _tpu_operand(q, fused)
-    grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=4, grid=(c.b, c.h, nq, nk), in_specs=in_specs, out_specs=out_specs,
-        scratch_shapes=[pltpu.VMEM((bq, _LANES), jnp.float32), pltpu.VMEM((bq, _LANES), jnp.float32),
-                        pltpu.VMEM((bq, d), jnp.float32)])
-    o, lse = pl.pallas_call(
-        functools.partial(_tpu_fwd_kernel, c=c), grid_spec=grid_spec,
-        out_shape=[jax.ShapeDtypeStruct(qt.shape, q.dtype),
-                   jax.ShapeDtypeStruct((c.b, c.h, c.sq_pad, _LANES), jnp.float32)],
-        compiler_params=_tpu_params(("parallel", "parallel", "parallel", "arbitrary")),
-        interpret=_tpu_interpret(c.interpret), name="flash_fwd",
-    )(aux["fwd_lo"].reshape(-1), aux["fwd_hi"].reshape(-1), aux["qoff"], _bidir_or_dummy(aux),
-      qt, _tpu_operand(k, fused), _tpu_operand(v, fused), qseg, kseg, kvalid)
-    return _tpu_result(o, fused, q.shape), lse[..., 0]
-
-
-def _bidir_or_dummy(aux):
-    return aux["bidir"] if aux["bidir"] is not None else jnp.zeros_like(aux["qoff"])
-
-
-def _tpu_backward(c: _Cfg, q, k, v, aux, do, lse, delta):
-    from jax.experimental.pallas import tpu as pltpu
-
-    fused = _tpu_fused(c.d_pad)
-    g, d = c.g, c.d_pad
-    qt, kt, vt, dot_ = (_tpu_operand(x, fused) for x in (q, k, v, do))
-    lse_r, delta_r = _row(lse, c.sq_pad), _row(delta, c.sq_pad)  # [B, H, 8, Sq_pad]
-    bidir = _bidir_or_dummy(aux)
-    interpret = _tpu_interpret(c.interpret)
-
-    # dq
-    bq, bk = c.bq_dq, c.bk_dq
-    nq, nk = c.sq_pad // bq, c.sk_pad // bk
-
-    def q_idx(b, h, i, j, *_):
-        return b, i, h
-
-    def k_idx(b, h, i, j, lo, hi, qo, bf):
-        return b, _clamp(j, lo[b * nq + i], hi[b * nq + i]), lax.div(h, g)
-
-    def kvec_idx(b, h, i, j, lo, hi, qo, bf):
-        return b, 0, _clamp(j, lo[b * nq + i], hi[b * nq + i])
-
-    grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=4, grid=(c.b, c.h, nq, nk),
-        in_specs=[
-            _tpu_spec(fused, bq, d, q_idx), _tpu_spec(fused, bk, d, k_idx),
-            _tpu_spec(fused, bk, d, k_idx), _tpu_spec(fused, bq, d, q_idx),
-            pl.BlockSpec((None, None, _SUBLANES, bq), lambda b, h, i, j, *_: (b, h, 0, i)),
-            pl.BlockSpec((None, None, _SUBLANES, bq), lambda b, h, i, j, *_: (b, h, 0, i)),
-            pl.BlockSpec((None, bq, _LANES), lambda b, h, i, j, *_: (b, i, 0)) if c.has_seg else None,
-            pl.BlockSpec((None, _SUBLANES, bk), kvec_idx) if c.has_seg else None,
-            pl.BlockSpec((None, _SUBLANES, bk), kvec_idx) if c.has_valid else None,
-        ],
-        out_specs=_tpu_spec(fused, bq, d, q_idx),
-        scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)])
-    dq = pl.pallas_call(
-        functools.partial(_tpu_dq_kernel, c=c), grid_spec=grid_spec,
-        out_shape=jax.ShapeDtypeStruct(qt.shape, q.dtype),
-        compiler_params=_tpu_params(("parallel", "parallel", "parallel", "arbitrary")),
-        interpret=interpret, name="flash_bwd_dq",
-    )(aux["dq_lo"].reshape(-1), aux["dq_hi"].reshape(-1), aux["qoff"], bidir, qt, kt, vt, dot_,
-      lse_r, delta_r,
-      _col(aux["qseg"], c.sq_pad) if c.has_seg else None,
-      _row(aux["kseg"], c.sk_pad) if c.has_seg else None,
-      _row(aux["kvalid"], c.sk_pad) if c.has_valid else None)
-
-    # dk, dv
-    bq, bk = c.bq_dkv, c.bk_dkv
-    nq, nk = c.sq_pad // bq, c.sk_pad // bk
-
-    def qh_idx(b, h, j, gi, i, lo, hi, qo, bf):
-        return b, _clamp(i, lo[b * nk + j], hi[b * nk + j]), h * g + gi
-
-    def kh_idx(b, h, j, gi, i, *_):
-        return b, j, h
-
-    def lse_idx(b, h, j, gi, i, lo, hi, qo, bf):
-        return b, h * g + gi, 0, _clamp(i, lo[b * nk + j], hi[b * nk + j])
-
-    def qvec_idx(b, h, j, gi, i, lo, hi, qo, bf):
-        return b, 0, _clamp(i, lo[b * nk + j], hi[b * nk + j])
-
-    grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=4, grid=(c.b, c.hkv, nk, g, nq),
-        in_specs=[
-            _tpu_spec(fused, bq, d, qh_idx), _tpu_spec(fused, bk, d, kh_idx),
-            _tpu_spec(fused, bk, d, kh_idx), _tpu_spec(fused, bq, d, qh_idx),
-            pl.BlockSpec((None, None, _SUBLANES, bq), lse_idx),
-            pl.BlockSpec((None, None, _SUBLANES, bq), lse_idx),
-            pl.BlockSpec((None, _SUBLANES, bq), qvec_idx) if c.has_seg else None,
-            pl.BlockSpec((None, bk, _LANES), lambda b, h, j, gi, i, *_: (b, j, 0)) if c.has_seg else None,
-            pl.BlockSpec((None, bk, _LANES), lambda b, h, j, gi, i, *_: (b, j, 0)) if c.has_valid else None,
-        ],
-        out_specs=[_tpu_spec(fused, bk, d, kh_idx), _tpu_spec(fused, bk, d, kh_idx)],
-        scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)])
-    dk, dv = pl.pallas_call(
-        functools.partial(_tpu_dkv_kernel, c=c), grid_spec=grid_spec,
-        out_shape=[jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)],
-        compiler_params=_tpu_params(("parallel", "parallel", "parallel", "arbitrary", "arbitrary")),
-        interpret=interpret, name="flash_bwd_dkv",
-    )(aux["dkv_lo"].reshape(-1), aux["dkv_hi"].reshape(-1), aux["qoff"], bidir, qt, kt, vt, dot_,
-      lse_r, delta_r,
-      _row(aux["qseg"], c.sq_pad) if c.has_seg else None,
-      _col(aux["kseg"], c.sk_pad) if c.has_seg else None,
-      _col(aux["kvalid"], c.sk_pad) if c.has_valid else None)
-    return (_tpu_result(dq, fused, q.shape), _tpu_result(dk, fused, k.shape),
-            _tpu_result(dv, fused, v.shape))
-
-
 # --------------------------------------------------------------------------------------------------
 # custom_vjp core (padded arrays in, padded arrays out)
 # --------------------------------------------------------------------------------------------------
@@ -1019,8 +374,8 @@ def _tpu_backward(c: _Cfg, q, k, v, aux, do, lse, delta):
 
 def _forward(c, q, k, v, aux):
     if c.backend == "gpu":
-        return _gpu_forward(c, q, k, v, aux)
-    return _tpu_forward(c, q, k, v, aux)
+        return flash_attention_gpu.forward(c, q, k, v, aux)
+    return flash_attention_tpu.forward(c, q, k, v, aux)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -1042,9 +397,9 @@ def _flash_core_bwd(c, res, cts):
     # Rows with lse = -inf have p = 0 everywhere; keep delta finite there.
     delta = jnp.where(jnp.isfinite(lse), delta, 0.0)
     if c.backend == "gpu":
-        dq, dk, dv = _gpu_backward(c, q, k, v, aux, do, lse, delta)
+        dq, dk, dv = flash_attention_gpu.backward(c, q, k, v, aux, do, lse, delta)
     else:
-        dq, dk, dv = _tpu_backward(c, q, k, v, aux, do, lse, delta)
+        dq, dk, dv = flash_attention_tpu.backward(c, q, k, v, aux, do, lse, delta)
     return dq, dk, dv, jax.tree.map(lambda _: None, aux)
 
 
@@ -1090,20 +445,20 @@ def flash_attention(q, k, v, *, causal=True, segment_ids=None, kv_valid=None,
     scale = float(d**-0.5 if scale is None else scale)
     bs = block_sizes if block_sizes is not None else block_sizes_for(backend, d)
     bs = bs.with_blocks(block_q, block_k)
-    mn = _MIN_BLOCK[backend]
+    mn = MIN_BLOCK[backend]
     bq = _clamp_block(bs.block_q, sq, mn, "block_q")
     bq_dq = _clamp_block(bs.block_q_dq, sq, mn, "block_q_dq")
     bq_dkv = _clamp_block(bs.block_q_dkv, sq, mn, "block_q_dkv")
     bk = _clamp_block(bs.block_k, sk, mn, "block_k")
     bk_dq = _clamp_block(bs.block_k_dq, sk, mn, "block_k_dq")
     bk_dkv = _clamp_block(bs.block_k_dkv, sk, mn, "block_k_dkv")
-    sq_pad = _round_up(sq, max(bq, bq_dq, bq_dkv))
-    sk_pad = _round_up(sk, max(bk, bk_dq, bk_dkv))
+    sq_pad = round_up(sq, max(bq, bq_dq, bq_dkv))
+    sk_pad = round_up(sk, max(bk, bk_dq, bk_dkv))
     if backend == "gpu":
         d_pad = max(16, pl.next_power_of_2(d))
     else:
-        d_pad = d if (d % _LANES == 0 or d == 64) else _round_up(d, _LANES)
-    c = _Cfg(backend=backend, interpret=bool(interpret), causal=bool(causal), scale=scale,
+        d_pad = d if (d % LANES == 0 or d == 64) else round_up(d, LANES)
+    c = FlashConfig(backend=backend, interpret=bool(interpret), causal=bool(causal), scale=scale,
              has_seg=segment_ids is not None, has_valid=kv_valid is not None,
              has_bidir=bidir is not None, b=b, h=h, hkv=hkv, sq=sq, sk=sk, sq_pad=sq_pad,
              sk_pad=sk_pad, d_pad=d_pad, bq=bq, bk=bk, bq_dq=bq_dq, bk_dq=bk_dq, bq_dkv=bq_dkv,

@@ -14,6 +14,7 @@ from ar1_jax.config import get_config
 from ar1_jax.data import images as image_lib
 from ar1_jax.model.vla import AR1
 from ar1_jax.text import corpus
+from ar1_jax.text import prompt as prompt_lib
 from ar1_jax.text import tokenizer as tok_lib
 
 
@@ -42,9 +43,9 @@ def scene_inputs(cfg, tok, rng, *, cot=None, future_bins=None, frames=None):
     v = cfg.model.vision
     pv, grid = image_lib.preprocess_scene_frames(frames, cfg)
     counts = [image_lib.image_token_count(g, v.spatial_merge_size) for g in grid]
-    ids, seg = tok_lib.build_prompt(tok, num_images=len(frames), image_token_counts=counts,
-                                    history_token_ids=rng.integers(0, 1000, 48).tolist(), cot=cot,
-                                    include_future_start=cot is not None, future_token_ids=future_bins)
+    ids, seg = prompt_lib.build_prompt(tok, num_images=len(frames), image_token_counts=counts,
+                                       history_token_ids=rng.integers(0, 1000, 48).tolist(), cot=cot,
+                                       include_future_start=cot is not None, future_token_ids=future_bins)
     return ids, seg, pv, grid
 
 

@@ -1,4 +1,4 @@
-"""ar1_jax/cli.py: every command's --help, `ar1 configs`, error and not-yet-available exit codes.
+"""ar1_jax/cli/: every command's --help, `ar1 configs`, error and not-yet-available exit codes.
 
 Most checks run `python -m ar1_jax.cli` in a subprocess (what a user runs); the demo and convert
 plumbing is also exercised in-process against stand-in modules, so it is tested before the real
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ar1_jax import cli
+from ar1_jax.cli import bench as bench_cli
 
 COMMANDS = ("data", "train", "rl", "eval", "infer", "bench", "convert", "demo", "configs")
 NESTED = (("bench", "compile"), ("bench", "kernels"), ("bench", "all"), ("convert", "check"),
@@ -116,11 +117,11 @@ def test_in_process_main_matches_subprocess(capsys):
 
 
 def test_parse_layers():
-    assert cli._parse_layers("2,24") == (2, 24)
-    assert cli._parse_layers("4") == (4,)
+    assert bench_cli.parse_layers("2,24") == (2, 24)
+    assert bench_cli.parse_layers("4") == (4,)
     for bad in ("", "a,2", "0,2", "-1"):
         with pytest.raises(cli.CLIError, match="--layers"):
-            cli._parse_layers(bad)
+            bench_cli.parse_layers(bad)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_bench_with_stand_in_compile_bench(tmp_path, monkeypatch, capsys):
     assert str(out_dir) == str(tmp_path)
     assert cli.main(["bench", "all", "--out", str(tmp_path)]) == 0
     cfg, layers, out_dir = calls[-1]
-    assert cfg.name == cli.BENCH_ALL_CONFIG and layers == cli._parse_layers(cli.BENCH_ALL_LAYERS)
+    assert cfg.name == bench_cli.BENCH_ALL_CONFIG and layers == bench_cli.parse_layers(bench_cli.BENCH_ALL_LAYERS)
     assert str(out_dir) == str(tmp_path / "compile")
     assert kernel_calls == [(tmp_path / "kernels", "bfloat16", False, None)]
     assert "[2/2] kernels" in capsys.readouterr().out

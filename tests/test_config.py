@@ -287,3 +287,25 @@ def test_config_file_that_fails_to_import_or_returns_wrong_type(tmp_path):
     wrong.write_text("def get_config():\n    return {'model': 1}\n")
     with pytest.raises(ConfigError, match="expected ar1_jax.config.Config"):
         get_config(str(wrong))
+
+
+def test_synth_section_is_part_of_the_config_and_takes_overrides():
+    cfg = get_config("ar1_tiny")
+    assert cfg.synth == C.SynthConfig() and cfg.synth.supersample == 2
+    got = apply_overrides(cfg, ["synth.supersample=3", "synth.families=turn,jaywalker", "synth.frequencies=1,3",
+                                "synth.extra_seconds=5"])
+    assert got.synth == C.SynthConfig(families=("turn", "jaywalker"), frequencies=(1.0, 3.0), supersample=3,
+                                      extra_seconds=5.0)
+    assert got.validate() is got and cfg.synth.supersample == 2  # the original is untouched
+    assert from_dict(Config, json.loads(json.dumps(to_dict(got)))) == got  # and survives the round trip
+    d = to_dict(cfg)
+    del d["synth"]  # a config saved before the section existed loads with the defaults
+    assert from_dict(Config, d) == cfg
+    for override in ("synth.supersample=0", "synth.frequencies=1", "synth.extra_seconds=-1"):
+        with pytest.raises(ConfigError, match=re.escape(f"`{override.split('=')[0]}`")):
+            get_config("ar1_tiny", [override])
+    with pytest.raises(ConfigError, match="synth.supersampel.*did you mean supersample"):
+        apply_overrides(cfg, ["synth.supersampel=3"])
+    from ar1_jax import config_data
+
+    assert C.SceneConfig is config_data.SceneConfig and C.DataConfig is config_data.DataConfig

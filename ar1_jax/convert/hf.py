@@ -29,12 +29,9 @@ from flax import nnx
 
 from ar1_jax.config import TextConfig, VisionConfig, VLMConfig
 from ar1_jax.convert.safetensors_io import CheckpointReader, write_checkpoint
+from ar1_jax.errors import CheckpointMismatch
 from ar1_jax.model.layers import dtype_of
 from ar1_jax.model.vlm import VLM, VLMRunner
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint's tensors do not match the model its config describes; the message names the key."""
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ processing (undistortion, rectification).
 Timing and choices (the release's, `docs/design/alpamayo_release.md` section 6):
   * cameras, in feed order: cross_left_120fov (release index 0), front_wide_120fov (1),
     cross_right_120fov (2), front_tele_30fov (6); `camera_ids` stores those indices. A config with
-    fewer cameras takes the subset `synthetic.camera_set` takes (1: front wide; 2: wide + tele;
+    fewer cameras takes the subset `ar1_jax.world.render.camera_set` takes (1: front wide; 2: wide + tele;
     3: left, wide, right).
   * frames: `scene.num_frames` (4) per camera at t0 - 0.3, -0.2, -0.1, 0 s (`action.dt` apart),
     oldest first. Each is the latest frame whose timestamp is <= the requested time (the release's
@@ -75,7 +75,7 @@ CAMERAS: tuple[tuple[str, int], ...] = (
     ("camera_cross_right_120fov", 2),
     ("camera_front_tele_30fov", 6),
 )
-_CAMERA_SETS = {1: (1,), 2: (1, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # as synthetic.camera_set
+_CAMERA_SETS = {1: (1,), 2: (1, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # as world.render.camera_set
 DEFAULT_T0_US = 5_100_000  # the release's default t0 (5.1 s into the clip)
 FAMILY = "pai"
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")

@@ -10,8 +10,8 @@ bucket never recompiles):
   1. vision: the ViT over all camera frames;
   2. prefill: the prompt into a KV cache of `T + max_reasoning_tokens` slots;
   3. decode: the K samples of a scene share the prefilled prompt (the cache is tiled K times, not
-     recomputed); each decodes its own reasoning in a `lax.while_loop` (greedy or temperature +
-     top-p; trajectory tokens masked out of the logits) until every sample has fed
+     recomputed); each decodes its own reasoning in the one decode loop (`sampling.decode`: greedy or
+     temperature + top-p; trajectory tokens masked out of the logits) until every sample has fed
      `<|traj_future_start|>` into the cache (the release's "stop one token after"); a sample that
      never emits it within the budget has it forced at the last step (reported as `forced`);
   4. denoise: Euler flow matching of the action expert over each sample's cached prefix;
@@ -32,17 +32,16 @@ import numpy as np
 from ar1_jax.action import flow, unicycle
 from ar1_jax.config import Config
 from ar1_jax.infer import sampling
-from ar1_jax.model import kv_cache as kv_lib
 from ar1_jax.model.expert import expert_velocity
 from ar1_jax.model.layers import dtype_of
 from ar1_jax.model.vla import prefix_mask
-from ar1_jax.model.vlm import encode_media, prepare_inputs, vlm_forward
+from ar1_jax.model.vlm import decode_step, encode_media, prefill, prepare_inputs
 
 
 @dataclasses.dataclass
 class InferenceResult:
     text: list[list[str]]  # [B][K] reasoning text
-    decisions: list[list[Any]]  # [B][K] parsed CoC decisions (ar1_jax.text.coc.parse results) or None
+    decisions: list[list[Any]]  # [B][K] parsed CoC decisions (ar1_jax.text.coc_parse.parse results) or None
     trajectory: np.ndarray  # [B, K, 64, 2] metres, ego frame at t0
     controls: np.ndarray  # [B, K, 64, 2] (acceleration m/s^2, curvature 1/m)
     reasoning_ids: np.ndarray  # [B, K, R] generated ids (prefix up to <|traj_future_start|> is meaningful)
@@ -73,52 +72,18 @@ class Engine:
                             impl=self.cfg.model.attention_impl_for("vision"))
 
     def _prefill_impl(self, params, input_ids, positions, kv_valid, encoded, next_position):
-        tc = self.cfg.model.text
-        b, t = input_ids.shape
-        cache = kv_lib.init_cache(tc.num_layers, b, t + self.cfg.infer.max_reasoning_tokens, tc.num_kv_heads,
-                                  tc.head_dim, self.dtype)
-        logits, cache = vlm_forward(params, self.cfg.model, input_ids, positions, kv_valid=kv_valid, cache=cache,
-                                    encoded=encoded)
-        return logits[:, -1], cache.replace(next_position=next_position)
+        return prefill(params, self.cfg.model, input_ids, positions, kv_valid, next_position,
+                       extra_slots=self.cfg.infer.max_reasoning_tokens, encoded=encoded)
 
     def _decode_impl(self, params, cache, last_logits, key, *, num_samples):
         cfg, ic, tk = self.cfg, self.cfg.infer, self.cfg.tokens
         tile = lambda x, axis: jnp.repeat(x, num_samples, axis=axis)
         cache = cache.replace(k=tile(cache.k, 1), v=tile(cache.v, 1), valid=tile(cache.valid, 0),
                               next_position=tile(cache.next_position, 0))
-        n = cache.valid.shape[0]
-        budget = ic.max_reasoning_tokens
         traj_stop = tk.traj_token_offset + cfg.action.future_bins + cfg.action.history_bins
-
-        def draw(logits, key):
-            logits = sampling.ban_range(logits, tk.traj_token_offset, traj_stop)
-            return sampling.sample(logits, key, temperature=ic.temperature, top_p=ic.top_p)
-
-        key, sub = jax.random.split(key)
-        first = draw(tile(last_logits, 0), sub)
-        state = dict(step=jnp.int32(0), token=first, tokens=jnp.zeros((n, budget), jnp.int32), cache=cache,
-                     fs_slot=jnp.full((n,), -1, jnp.int32), fs_pos=jnp.zeros((n,), jnp.int32),
-                     forced=jnp.zeros((n,), bool), key=key)
-
-        def cond(s):
-            return (s["step"] < budget) & jnp.any(s["fs_slot"] < 0)
-
-        def body(s):
-            c = s["cache"]
-            must_force = (s["step"] == budget - 1) & (s["fs_slot"] < 0) & (s["token"] != tk.traj_future_start_id)
-            tok = jnp.where(must_force, tk.traj_future_start_id, s["token"])
-            is_fs = (tok == tk.traj_future_start_id) & (s["fs_slot"] < 0)
-            fs_slot = jnp.where(is_fs, c.length, s["fs_slot"])
-            fs_pos = jnp.where(is_fs, c.next_position, s["fs_pos"])
-            pos = jnp.broadcast_to(c.next_position[None, :, None], (3, n, 1))
-            logits, c = vlm_forward(params, cfg.model, tok[:, None], pos, kv_valid=jnp.ones((n, 1), bool), cache=c)
-            c = c.replace(next_position=c.next_position + 1)
-            key, sub = jax.random.split(s["key"])
-            return dict(step=s["step"] + 1, token=draw(logits[:, -1], sub), tokens=s["tokens"].at[:, s["step"]].set(tok),
-                        cache=c, fs_slot=fs_slot, fs_pos=fs_pos, forced=s["forced"] | must_force, key=key)
-
-        s = jax.lax.while_loop(cond, body, state)
-        return s["tokens"], s["step"], s["fs_slot"], s["fs_pos"], s["forced"], s["cache"]
+        return sampling.decode(decode_step(params, cfg.model), cache, tile(last_logits, 0), key,
+                               max_tokens=ic.max_reasoning_tokens, temperature=ic.temperature, top_p=ic.top_p,
+                               ban=(tk.traj_token_offset, traj_stop), stop_id=tk.traj_future_start_id)
 
     def _denoise_impl(self, params, cache, fs_slot, fs_pos, key):
         cfg = self.cfg
@@ -184,7 +149,7 @@ class Engine:
         if self.tokenizer is None:
             return [[""] * tokens.shape[1] for _ in range(tokens.shape[0])], \
                    [[None] * tokens.shape[1] for _ in range(tokens.shape[0])]
-        from ar1_jax.text import coc
+        from ar1_jax.text import coc_parse
 
         texts, decisions = [], []
         for row, counts in zip(tokens, n_reason):
@@ -193,7 +158,7 @@ class Engine:
                 ids = [int(i) for i in ids[:n] if int(i) != self.cfg.tokens.cot_end_id]
                 text = self.tokenizer.decode(ids, skip_unknown=True)
                 t_row.append(text)
-                d_row.append(coc.parse(text))
+                d_row.append(coc_parse.parse(text))
             texts.append(t_row)
             decisions.append(d_row)
         return texts, decisions

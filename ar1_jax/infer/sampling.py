@@ -1,9 +1,23 @@
-"""Next-token sampling: greedy, temperature and nucleus (top-p), with banned id ranges."""
+"""Next-token sampling and the one decode loop over a preallocated KV cache.
+
+`sample` draws one id per row (greedy is temperature 0); `decode` runs it in a `lax.while_loop`,
+feeding each drawn token through a model step until the budget is spent or every row has fed its
+stop token. Both `Engine` (reasoning, K samples, stop at `<|traj_future_start|>`) and
+`VLMRunner.generate` (greedy, no stop token) decode through it.
+"""
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from ar1_jax.model.kv_cache import KVCache
+
+#: One decode step: `(tokens [N] int32, cache) -> (next-token logits [N, V], cache)`; the step writes
+#: the tokens at slot `cache.length` and advances `cache.next_position` by one.
+Step = Callable[[jax.Array, KVCache], tuple[jax.Array, KVCache]]
 
 
 def ban_range(logits, start: int, stop: int):
@@ -28,3 +42,83 @@ def sample(logits, key, *, temperature: float, top_p: float):
         sorted_logits = jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
         logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+class Decoded(NamedTuple):
+    """What `decode` returns (N rows, R = `max_tokens`).
+
+    tokens: int32 [N, R], the decoded tokens in order. With `stop_id`, entries from `steps` on are 0
+      and a row that stopped early keeps decoding after its stop token until every row has stopped.
+    steps: int32 [], tokens fed through the model step (R - 1 without `stop_id`).
+    stop_slot: int32 [N], the cache slot the stop token was written to (-1: none; no `stop_id`).
+    stop_position: int32 [N], the rotary position of that stop token.
+    forced: bool [N], the stop token was forced at the last step (never drawn within the budget).
+    cache: the cache after the last step.
+    """
+
+    tokens: jax.Array
+    steps: jax.Array
+    stop_slot: jax.Array
+    stop_position: jax.Array
+    forced: jax.Array
+    cache: KVCache
+
+
+def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperature: float = 0.0,
+           top_p: float = 1.0, ban: tuple[int, int] | None = None, stop_id: int | None = None) -> Decoded:
+    """Decodes up to `max_tokens` tokens per row from the prefilled `cache` in a `lax.while_loop`.
+
+    Args:
+      step: the model's decode step (see `Step`).
+      cache: a cache with room for `max_tokens` more slots.
+      logits: [N, V] the logits of the first token to draw (the prefill's last position).
+      key: PRNG key for the draws (one split per drawn token); None is allowed with temperature 0.
+      max_tokens: the budget R (static).
+      temperature, top_p: see `sample` (temperature 0 = greedy).
+      ban: an id range [start, stop) never drawn (AR1: the trajectory tokens while reasoning).
+      stop_id: with it, every drawn token is fed and the loop ends once every row has fed `stop_id`
+        ("stop one token after": the stop token's KV is in the cache); a row that has not drawn it
+        by the last step has it forced there. Without it, all R tokens are drawn and the last one is
+        not fed (nothing reads the cache after it).
+    """
+    n = logits.shape[0]
+    greedy = temperature == 0.0
+    if key is None and not greedy:
+        raise ValueError("decode: sampling with temperature > 0 needs a PRNG key")
+
+    def draw(logits, key):
+        if ban is not None:
+            logits = ban_range(logits, *ban)
+        return sample(logits, key, temperature=temperature, top_p=top_p)
+
+    def split(key):
+        return (None, None) if key is None else jax.random.split(key)
+
+    key, sub = split(key)
+    state = dict(step=jnp.int32(0), token=draw(logits, sub), tokens=jnp.zeros((n, max_tokens), jnp.int32),
+                 cache=cache, stop_slot=jnp.full((n,), -1, jnp.int32), stop_position=jnp.zeros((n,), jnp.int32),
+                 forced=jnp.zeros((n,), bool), key=key)
+    num_fed = max_tokens if stop_id is not None else max_tokens - 1
+
+    def cond(s):
+        going = s["step"] < num_fed
+        return going & jnp.any(s["stop_slot"] < 0) if stop_id is not None else going
+
+    def body(s):
+        c, tok, forced = s["cache"], s["token"], s["forced"]
+        stop_slot, stop_position = s["stop_slot"], s["stop_position"]
+        if stop_id is not None:
+            must_force = (s["step"] == max_tokens - 1) & (stop_slot < 0) & (tok != stop_id)
+            tok = jnp.where(must_force, stop_id, tok)
+            is_stop = (tok == stop_id) & (stop_slot < 0)
+            stop_slot = jnp.where(is_stop, c.length, stop_slot)
+            stop_position = jnp.where(is_stop, c.next_position, stop_position)
+            forced = forced | must_force
+        next_logits, c = step(tok, c)
+        key, sub = split(s["key"])
+        return dict(step=s["step"] + 1, token=draw(next_logits, sub), tokens=s["tokens"].at[:, s["step"]].set(tok),
+                    cache=c, stop_slot=stop_slot, stop_position=stop_position, forced=forced, key=key)
+
+    s = jax.lax.while_loop(cond, body, state)
+    tokens = s["tokens"] if stop_id is not None else s["tokens"].at[:, max_tokens - 1].set(s["token"])
+    return Decoded(tokens, s["step"], s["stop_slot"], s["stop_position"], s["forced"], s["cache"])

@@ -49,15 +49,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ar1_jax.config import ATTENTION_IMPLS
+from ar1_jax.kernels._tiles import visibility
+
 NEG_INF = -1e30  # large finite: fully masked rows give a uniform softmax instead of NaN
 DECODE_MAX_QUERIES = 8  # a causal call over a longer cache with at most this many queries is a decode step
-IMPLS = ("xla", "pallas", "cudnn", "auto")
 
 
 def resolve_impl(impl: str) -> str:
     """`auto` -> the default backend's choice (CPU: xla; GPU, TPU: pallas); others unchanged."""
-    if impl not in IMPLS:
-        raise ValueError(f"attention: unknown impl {impl!r} (xla | cudnn | pallas | auto)")
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention: unknown impl {impl!r} ({' | '.join(ATTENTION_IMPLS)})")
     if impl != "auto":
         return impl
     return "xla" if jax.default_backend() == "cpu" else "pallas"
@@ -186,25 +188,19 @@ def make_mask(
     kv_segment: Int[Array, "B Tk"] | None = None,
     bidirectional_from: Int[Array, "B"] | None = None,
 ) -> Bool[Array, "B Tq Tk"]:
-    """The boolean visibility mask `[B, Tq, Tk]` (True = attend)."""
-    qs = q_slots[:, :, None]
-    ks = kv_slots[:, None, :]
-    mask = jnp.ones(jnp.broadcast_shapes(qs.shape, ks.shape), dtype=bool)
-    if causal:
-        visible = ks <= qs
-        if bidirectional_from is not None:
-            start = bidirectional_from[:, None, None]
-            visible = visible | ((qs >= start) & (ks >= start))
-        mask = mask & visible
-    if window is not None:
-        mask = mask & (qs - ks < window)
-    if q_segment is not None or kv_segment is not None:
-        if q_segment is None or kv_segment is None:
-            raise ValueError("attention: give both q_segment and kv_segment, or neither")
-        mask = mask & (q_segment[:, :, None] == kv_segment[:, None, :])
-    if kv_valid is not None:
-        mask = mask & kv_valid[:, None, :]
-    return mask
+    """The boolean visibility mask `[B, Tq, Tk]` (True = attend), built by the kernels' mask
+    builder (`ar1_jax.kernels._tiles.visibility`) from per-query and per-key pieces."""
+    if (q_segment is None) != (kv_segment is None):
+        raise ValueError("attention: give both q_segment and kv_segment, or neither")
+    qs, ks = q_slots[:, :, None], kv_slots[:, None, :]
+    mask = visibility(
+        qs, ks, causal=causal, window=window,
+        bidirectional_from=None if bidirectional_from is None else bidirectional_from[:, None, None],
+        q_segment=None if q_segment is None else q_segment[:, :, None],
+        kv_segment=None if kv_segment is None else kv_segment[:, None, :],
+        kv_valid=None if kv_valid is None else kv_valid[:, None, :])
+    shape = jnp.broadcast_shapes(qs.shape, ks.shape)
+    return jnp.ones(shape, bool) if mask is None else jnp.broadcast_to(mask, shape)
 
 
 def _xla_attention(q, k, v, mask, scale):

@@ -12,12 +12,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from ar1_jax.config import DTYPES
 
 
 def dtype_of(name_or_dtype) -> jnp.dtype:
-    if isinstance(name_or_dtype, str):
-        return DTYPES[name_or_dtype]
+    """A config dtype name (one of `ar1_jax.config.DTYPES`) or any dtype -> the jnp dtype."""
+    if isinstance(name_or_dtype, str) and name_or_dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {name_or_dtype!r}; expected one of {DTYPES}")
     return jnp.dtype(name_or_dtype)
 
 

@@ -14,26 +14,17 @@ to and including `<|traj_future_start|>` (stop-gradient: the flow loss does not 
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ar1_jax.action import flow
 from ar1_jax.config import Config
 from ar1_jax.model import kv_cache as kv_lib
-from ar1_jax.model import rope, text, vision
+from ar1_jax.model import text, vision
 from ar1_jax.model.expert import ActionExpert, expert_velocity
 from ar1_jax.model.layers import dtype_of
 from ar1_jax.model.vlm import vlm_forward
-from ar1_jax.text import tokenizer as tok
-
-# Targets in these tokenizer segments count for the reasoning / the trajectory-token CE terms.
-REASONING_TARGETS = (tok.SEG_REASONING, tok.SEG_FUTURE_START)
-TRAJECTORY_TARGETS = (tok.SEG_FUTURE, tok.SEG_END)
-
 
 class AR1(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
@@ -72,9 +63,10 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
     `batch`: input_ids, targets `[B, T]` (next-token ids), positions `[3, B, T]`, kv_valid `[B, T]`,
     reasoning_mask / traj_mask `[B, T]` (which targets count for which CE term), media (or None),
     future_start_slot / action_position `[B]`, controls `[B, 64, 2]` normalised ground truth,
-    controls_valid `[B]`. Optional `weight_totals`: for each key of `sft_loss.weight_keys`, the count
-    its mean divides by, in place of this batch's own (gradient accumulation passes the whole batch's
-    count / number of micro-batches, so the micro-batch mean of these losses is the whole batch's).
+    controls_valid `[B]` (`ar1_jax.data.sft_batch.SFT_SPEC`). Optional `weight_totals`: for each of the
+    spec's `weight_keys`, the count its mean divides by, in place of this batch's own (gradient
+    accumulation passes the whole batch's count / number of micro-batches, so the micro-batch mean of
+    these losses is the whole batch's).
     """
     lc = cfg.loss
     totals = batch.get("weight_totals", {})
@@ -105,62 +97,3 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
                        denominator=None if n_valid is None else n_valid * math.prod(x.shape[1:]))
         total = total + lc.flow_weight * fm
     return total, {"loss": total, "ce_reasoning": ce_reasoning, "ce_trajectory": ce_traj, "flow": fm}
-
-
-# The batch keys whose sums sft_loss's means divide by (see `weight_totals`).
-sft_loss.weight_keys = ("reasoning_mask", "traj_mask", "controls_valid")
-
-
-def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None) -> dict[str, Any]:
-    """Host-side: packs examples into a right-padded SFT batch (numpy), computing M-RoPE positions.
-
-    Each example: `input_ids [T_i]` and `segments [T_i]` (the `kind` codes of
-    `ar1_jax.text.tokenizer.build_prompt`), optional `pixel_values` / `image_grid_thw`, and
-    `controls [64, 2]` (normalised). When every example has images of the same grid (a fixed camera
-    rig), `media.image.pixel_values` is per scene, `[B, patches per scene, D]` with one scene's
-    `layout`; otherwise all examples' patches are concatenated in order (`[patches, D]`, the HF
-    processor's form) with the layout of all of them. `vlm.encode_media` takes either.
-    """
-    n = len(examples)
-    t = length or max(len(e["input_ids"]) for e in examples)
-    if any(len(e["input_ids"]) > t for e in examples):
-        raise ValueError(f"an example is longer than the bucket length {t}")
-    ids = np.full((n, t), cfg.tokens.pad_id, np.int32)
-    kind = np.full((n, t), -1, np.int32)
-    for i, e in enumerate(examples):
-        if len(e["segments"]) != len(e["input_ids"]):
-            raise ValueError(f"example {i}: {len(e['segments'])} segment codes for {len(e['input_ids'])} tokens")
-        if e.get("pixel_values") is not None and np.ndim(e["pixel_values"]) != 2:
-            raise ValueError(f"example {i}: pixel_values must be one scene's [patches, D], got shape "
-                             f"{np.shape(e['pixel_values'])}")
-        ids[i, :len(e["input_ids"])] = e["input_ids"]
-        kind[i, :len(e["segments"])] = e["segments"]
-    mask = kind >= 0
-    pvs = [e["pixel_values"] for e in examples if e.get("pixel_values") is not None]
-    grids = [e["image_grid_thw"] for e in examples if e.get("image_grid_thw") is not None]
-    grid = np.concatenate(grids, 0) if grids else None
-    positions, _ = rope.get_rope_index(ids, family=cfg.model.family, image_token_id=cfg.model.image_token_id,
-                                       video_token_id=cfg.model.video_token_id,
-                                       spatial_merge_size=cfg.model.vision.spatial_merge_size,
-                                       image_grid_thw=grid, attention_mask=mask)
-    targets = np.concatenate([ids[:, 1:], np.full((n, 1), cfg.tokens.pad_id, np.int32)], 1)
-    next_kind = np.concatenate([kind[:, 1:], np.full((n, 1), -1, np.int32)], 1)
-    fs = np.argmax(ids == cfg.tokens.traj_future_start_id, axis=1)
-    if not np.all(ids[np.arange(n), fs] == cfg.tokens.traj_future_start_id):
-        raise ValueError("every SFT example needs a <|traj_future_start|> token")
-    media = None
-    if pvs and len(pvs) == n and all(np.array_equal(g, grids[0]) for g in grids):
-        # Every scene has the same cameras and sizes: per-scene format (see vlm.encode_media).
-        media = {"image": {"pixel_values": np.stack(pvs, 0).astype(np.float32),
-                           "layout": vision.vision_layout(cfg.model.vision, grids[0])}}
-    elif pvs:
-        media = {"image": {"pixel_values": np.concatenate(pvs, 0).astype(np.float32),
-                           "layout": vision.vision_layout(cfg.model.vision, grid)}}
-    return dict(
-        input_ids=ids, targets=targets, positions=positions, kv_valid=mask,
-        reasoning_mask=np.isin(next_kind, REASONING_TARGETS) & mask,
-        traj_mask=np.isin(next_kind, TRAJECTORY_TARGETS) & mask,
-        future_start_slot=fs.astype(np.int32), action_position=(positions[0, np.arange(n), fs] + 1).astype(np.int32),
-        controls=np.stack([e["controls"] for e in examples]).astype(np.float32),
-        controls_valid=np.ones((n,), bool), media=media,
-    )

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ar1_jax.config import VLMConfig
+from ar1_jax.infer import sampling
 from ar1_jax.model import kv_cache as kv_lib
 from ar1_jax.model import attention, rope, text, vision
 from ar1_jax.model.layers import dtype_of
@@ -127,29 +128,31 @@ def vlm_forward(params: dict, cfg: VLMConfig, input_ids, positions, *, kv_valid=
     return text.lm_logits(params["text"], cfg.text, h), cache
 
 
-def greedy_decode(params: dict, cfg: VLMConfig, input_ids, positions, kv_valid, media, *, max_new_tokens: int,
-                  next_position):
-    """Prefill the prompt into a cache of T + max_new_tokens slots, then greedy decode in a
-    `lax.fori_loop`. Returns the new tokens `[B, max_new_tokens]`."""
+def prefill(params: dict, cfg: VLMConfig, input_ids, positions, kv_valid, next_position, *, extra_slots: int,
+            media=None, encoded=None):
+    """The prompt `[B, T]` into a new cache of `T + extra_slots` slots (the decode budget).
+
+    Returns the last position's logits `[B, V]` float32 and the cache, its `next_position [B]` set
+    to each row's next rotary position (`prepare_inputs`)."""
     b, t = input_ids.shape
     tc = cfg.text
-    cache = kv_lib.init_cache(tc.num_layers, b, t + max_new_tokens, tc.num_kv_heads, tc.head_dim,
-                              dtype_of(cfg.dtype))
-    logits, cache = vlm_forward(params, cfg, input_ids, positions, kv_valid=kv_valid, media=media, cache=cache)
-    first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-    cache = cache.replace(next_position=next_position)
-    out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    cache = kv_lib.init_cache(tc.num_layers, b, t + extra_slots, tc.num_kv_heads, tc.head_dim, dtype_of(cfg.dtype))
+    logits, cache = vlm_forward(params, cfg, input_ids, positions, kv_valid=kv_valid, media=media, cache=cache,
+                                encoded=encoded)
+    return logits[:, -1], cache.replace(next_position=next_position)
 
-    def step(i, state):
-        out, cache = state
-        tok = out[:, i - 1][:, None]
-        pos = jnp.broadcast_to(cache.next_position[None, :, None], (3, b, 1))
-        logits, cache = vlm_forward(params, cfg, tok, pos, kv_valid=jnp.ones((b, 1), bool), cache=cache)
-        cache = cache.replace(next_position=cache.next_position + 1)
-        return out.at[:, i].set(jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)), cache
 
-    out, _ = jax.lax.fori_loop(1, max_new_tokens, step, (out, cache))
-    return out
+def decode_step(params: dict, cfg: VLMConfig):
+    """The decode step of `ar1_jax.infer.sampling.decode`: tokens `[N]` at each row's next rotary
+    position into the cache -> (next-token logits `[N, V]` float32, the cache advanced one slot)."""
+
+    def step(tokens, cache):
+        n = tokens.shape[0]
+        pos = jnp.broadcast_to(cache.next_position[None, :, None], (3, n, 1))
+        logits, cache = vlm_forward(params, cfg, tokens[:, None], pos, kv_valid=jnp.ones((n, 1), bool), cache=cache)
+        return logits[:, -1], cache.replace(next_position=cache.next_position + 1)
+
+    return step
 
 
 def prepare_inputs(cfg: VLMConfig, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -220,8 +223,9 @@ class VLMRunner:
         return logits
 
     def _generate_impl(self, params, input_ids, positions, kv_valid, media, next_position, *, max_new_tokens):
-        return greedy_decode(params, self.cfg, input_ids, positions, kv_valid, media,
-                             max_new_tokens=max_new_tokens, next_position=next_position)
+        logits, cache = prefill(params, self.cfg, input_ids, positions, kv_valid, next_position,
+                                extra_slots=max_new_tokens, media=media)
+        return sampling.decode(decode_step(params, self.cfg), cache, logits, None, max_tokens=max_new_tokens).tokens
 
     @property
     def pure_params(self) -> dict:

@@ -12,6 +12,12 @@ temporary directories are removed when the next run opens the directory.
 Restore takes a target whose leaves carry shardings (`Trainer.abstract_state`): the same files
 restore onto 1 device, 4 or a pod slice. A checkpoint of another model (other shapes or tree) fails
 before anything is read, naming the first differing parameter.
+
+Resume (`Checkpointer.resume`) takes the newest step that loads. A step whose files cannot be read
+(a damaged disk, a file overwritten) is not deleted: it is moved aside to `checkpoints/damaged/<step>`
+with a warning naming it, and the step before is restored, so the run goes on and its later saves
+never collide with the damaged one. `from_step=N` restores step N exactly; newer steps are moved
+aside to `checkpoints/superseded/<step>` (kept, never deleted) for the same reason.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ar1_jax.config import Config, to_dict
+from ar1_jax.errors import CheckpointMismatch
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint does not fit the model being trained (other parameters, shapes or format)."""
+class DamagedCheckpoint(RuntimeError):
+    """A checkpoint step whose files cannot be read (truncated, overwritten, half-written by hand)."""
 
 
 def config_json(cfg: Config) -> str:
@@ -155,6 +162,69 @@ class Checkpointer:
         step = self.latest_step()
         return None if step is None else self.restore(step, abstract_state)
 
+    def resume(self, abstract_state: dict, from_step: int | None = None) -> tuple[dict, dict] | None:
+        """(state, data state) to resume from, or None when there is no checkpoint.
+
+        Without `from_step`: the newest step that loads; each newer step that cannot be read is set
+        aside (`checkpoints/damaged/<step>`) with a warning. With `from_step`: that step (a damaged
+        one raises `DamagedCheckpoint`); newer steps are set aside (`checkpoints/superseded/<step>`).
+        A checkpoint of another model raises `CheckpointMismatch` at once: that is not damage.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        if from_step is not None:
+            if from_step not in steps:
+                raise CheckpointMismatch(f"--from-step {from_step}: no such checkpoint in {self.directory} "
+                                         f"(steps: {sorted(steps) or 'none'})")
+            try:
+                out = self.restore(from_step, abstract_state)
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore/JSON errors of unreadable files
+                raise DamagedCheckpoint(f"checkpoint step {from_step} in {self.directory} cannot be read "
+                                        f"({type(e).__name__}: {_first_line(e)})") from e
+            for newer in [s for s in steps if s > from_step]:
+                self._set_aside(newer, "superseded")
+                log.warning("--from-step %d: newer checkpoint step %d moved to %s (kept)", from_step, newer,
+                            self.directory / "superseded" / str(newer))
+            return out
+        for step in steps:
+            try:
+                out = self.restore(step, abstract_state)
+            except CheckpointMismatch as e:
+                if "no readable `meta`" not in str(e):
+                    raise
+                err: Exception = e
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore/JSON errors of unreadable files
+                err = e
+            else:
+                return out
+            self._set_aside(step, "damaged")
+            log.warning("checkpoint step %d in %s is damaged and cannot be read (%s: %s); moved it to %s (kept, "
+                        "not deleted) and resuming from the step before", step, self.directory, type(err).__name__,
+                        _first_line(err), self.directory / "damaged" / str(step))
+        if steps:
+            log.warning("no checkpoint in %s could be read: starting from scratch", self.directory)
+        return None
+
+    def _set_aside(self, step: int, why: str) -> None:
+        """Moves step `step` to `<directory>/<why>/<step>` (a name orbax does not list as a step)."""
+        if jax.process_index() == 0:
+            dest = self.directory / why / str(step)
+            if dest.exists():
+                dest = dest.with_name(f"{step}.{len(list(dest.parent.iterdir()))}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"ar1 checkpoint set aside {step}")
+        self.manager.reload()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
 
 # ----------------------------------------------------------------------------------------------------
 # --init-from: parameters only, from another run or a converted HF checkpoint.
@@ -224,7 +294,7 @@ def _load_hf_params(path: pathlib.Path, cfg: Config, abstract_params: dict) -> d
     shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
     try:
         loaded = hf.load_ar1(path, dtype=dtype, shardings=shardings)
-    except hf.CheckpointMismatch as e:
+    except CheckpointMismatch as e:
         raise CheckpointMismatch(f"config field `train.init_from`: {e}") from e
     log.info("initialised parameters from %s", where)
     return loaded.pure_params

@@ -155,31 +155,21 @@ def batch_axes_size(cfg: Config, mesh) -> int:
 
 def abstract_batch(cfg: Config, mesh, batch_size: int, seq_len: int) -> dict:
     """`jax.ShapeDtypeStruct`s shaped like a pipeline batch (`build_sft_batch` + media) of
-    `batch_size` scenes of `seq_len` tokens, with `pipeline.batch_shardings(cfg, mesh)`.
+    `batch_size` scenes of `seq_len` tokens (`SFT_SPEC.abstract`), with the spec's shardings.
 
     `mesh` is a `Mesh` or `AbstractMesh`. Images are in the per-scene form: `pixel_values
     [batch_size, patches per scene, D]` (split over the batch shards) and the `layout` of one scene's
     images, shared by every scene and micro-batch (replicated).
     """
-    from ar1_jax.data.pipeline import batch_shardings
+    from ar1_jax.data.sft_batch import SFT_SPEC
     from ar1_jax.model import vision
 
-    b, t, m = batch_size, seq_len, cfg.train.grad_accum
+    b, m = batch_size, cfg.train.grad_accum
     if b % m:
         raise ValueError(f"batch_size {b} is not divisible by train.grad_accum={m}")
-    patches = patches_per_scene(cfg)
     layout = vision.vision_layout(cfg.model.vision, scene_grid(cfg))
-    i32, f32, bool_ = np.dtype(np.int32), np.dtype(np.float32), np.dtype(bool)
-    shapes = dict(
-        input_ids=((b, t), i32), targets=((b, t), i32), positions=((3, b, t), i32), kv_valid=((b, t), bool_),
-        reasoning_mask=((b, t), bool_), traj_mask=((b, t), bool_), future_start_slot=((b,), i32),
-        action_position=((b,), i32), controls=((b, cfg.action.horizon, 2), f32), controls_valid=((b,), bool_),
-        media={"image": {"pixel_values": ((b, patches, cfg.model.vision.patch_dim), f32),
-                         "layout": {k: (x.shape, x.dtype) for k, x in layout.items()}}})
-    shardings = batch_shardings(cfg, mesh)
-    is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype)
-    return jax.tree.map(lambda sd, s: jax.ShapeDtypeStruct(sd[0], sd[1], sharding=s), shapes, shardings,
-                        is_leaf=is_leaf)
+    dims = dict(B=b, T=seq_len, A=cfg.action.horizon, P=patches_per_scene(cfg), D=cfg.model.vision.patch_dim)
+    return SFT_SPEC.abstract(dims, mesh, cfg.mesh.rules, shared={"media.image.layout": layout})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +184,7 @@ def shard_bytes(tree: Any) -> int:
 def state_estimate(cfg: Config, mesh) -> dict:
     """Per-device bytes of the train state by part, read off `Trainer(cfg, mesh).abstract_state`
     (`mesh`: a Mesh, AbstractMesh or a dict of axis sizes) and the trainable parameter count."""
-    from ar1_jax.train.loop import Trainer
+    from ar1_jax.train.trainer import Trainer
 
     if isinstance(mesh, Mapping):
         mesh = abstract_mesh(mesh)
@@ -438,13 +428,12 @@ def compiled_estimate(cfg: Config, mesh: jax.sharding.Mesh, batch_size: int, seq
     import re
     import time
 
-    from ar1_jax.data.pipeline import batch_shardings
-    from ar1_jax.train.loop import Trainer
+    from ar1_jax.train.trainer import Trainer
 
     t0 = time.perf_counter()
     trainer = Trainer(cfg, mesh)
     batch = abstract_batch(cfg, mesh, batch_size, seq_len)
-    lowered = trainer.compile_step(batch_shardings(cfg, mesh)).lower(trainer.abstract_state, batch)
+    lowered = trainer.compile_step().lower(trainer.abstract_state, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     mem = compiled.memory_analysis()

@@ -1,4 +1,4 @@
-"""The optimizer of `train.loop`: AdamW with warmup + cosine, per-module learning-rate multipliers,
+"""The optimizer of the training driver: AdamW with warmup + cosine, per-module learning-rate multipliers,
 frozen modules and global-norm clipping, all from a `TrainConfig`.
 
 Parameters are addressed by dotted paths of the pure parameter dict (`vision.blocks.attn.q_kernel`,

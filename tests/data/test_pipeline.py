@@ -17,10 +17,11 @@ from ar1_jax.config import get_config
 from ar1_jax.data import images as image_lib
 from ar1_jax.data import pipeline as pl
 from ar1_jax.data import tfds_builder as tb
+from ar1_jax.data import sft_batch
 from ar1_jax.model import vla
 from ar1_jax.parallel.mesh import make_mesh
 from ar1_jax.text import corpus
-from ar1_jax.text import tokenizer as tok_lib
+from ar1_jax.text import prompt as prompt_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -63,10 +64,10 @@ def _reference_example(cfg, tok, r):
                                            size=(s.image_height, s.image_width), mean=s.image_mean, std=s.image_std)
     hist = np.asarray(traj_tokens.encode_history(r["history_xyz"], a, -a.future_bins))
     fut = np.asarray(traj_tokens.encode_future(r["controls"], a, 0))
-    ids, seg = tok_lib.build_prompt(tok, num_images=len(frames),
-                                    image_token_counts=[image_lib.image_token_count(g, 2) for g in grid],
-                                    history_token_ids=hist.tolist(), cot=r["cot"], include_future_start=True,
-                                    future_token_ids=fut.tolist())
+    ids, seg = prompt_lib.build_prompt(tok, num_images=len(frames),
+                                       image_token_counts=[image_lib.image_token_count(g, 2) for g in grid],
+                                       history_token_ids=hist.tolist(), cot=r["cot"], include_future_start=True,
+                                       future_token_ids=fut.tolist())
     return dict(input_ids=ids, segments=seg.kind, pixel_values=pv, image_grid_thw=grid,
                 controls=np.asarray(unicycle.normalize(r["controls"], a)))
 
@@ -80,7 +81,7 @@ def test_batch_is_build_sft_batch_of_the_records(env):
     by_id = {r["scene_id"]: r for r in env["records"]}
     t = batch["input_ids"].shape[1]
     assert t in it.buckets and t % 64 == 0
-    want = vla.build_sft_batch(cfg, [_reference_example(cfg, env["tok"], by_id[i]) for i in ids], length=t)
+    want = sft_batch.build_sft_batch(cfg, [_reference_example(cfg, env["tok"], by_id[i]) for i in ids], length=t)
     got = jax.tree.map(np.asarray, batch)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
@@ -101,9 +102,9 @@ def test_buckets_and_padding(env):
     assert len(buckets) == 3 and all(b % 64 == 0 for b in buckets)
     assert buckets[0] >= fixed + 64 and buckets[-1] >= fixed + 256
     examples = [_reference_example(cfg, tok, r) for r in env["records"][:3]]
-    short = vla.build_sft_batch(cfg, examples)
+    short = sft_batch.build_sft_batch(cfg, examples)
     short.pop("media")
-    longer = vla.build_sft_batch(cfg, examples, length=short["input_ids"].shape[1] + 37)
+    longer = sft_batch.build_sft_batch(cfg, examples, length=short["input_ids"].shape[1] + 37)
     longer.pop("media")
     padded = pl.pad_batch(short, short["input_ids"].shape[1] + 37, cfg.tokens.pad_id)
     for key in longer:

@@ -13,7 +13,7 @@ import pytest
 from ar1_jax.action import unicycle
 from ar1_jax.config import get_config
 from ar1_jax.data import tfds_builder as tb
-from ar1_jax.text import coc
+from ar1_jax.text import coc, coc_parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_random_records_follow_the_schema(cfg, records):
         xy = np.asarray(unicycle.integrate(r["controls"], r["v0"], dt=a.dt).xy)
         assert np.abs(xy - r["future_xyz"][:, :2]).max() < 0.05
         # The reasoning states the decisions stored beside it.
-        parsed = coc.parse(r["cot"])
+        parsed = coc_parse.parse(r["cot"])
         assert coc.LONGITUDINAL.index(parsed.longitudinal) == r["longitudinal"]
         assert coc.LATERAL.index(parsed.lateral) == r["lateral"]
         assert (-1 if parsed.direction is None else coc.DIRECTIONS.index(parsed.direction)) == r["direction"]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ar1_jax.config import get_config
 from ar1_jax.infer import scene as scene_lib
@@ -39,3 +40,44 @@ def test_bad_scene_is_named(tmp_path):
     np.savez(bad, images=np.zeros((4, 4, 64, 96, 3), np.uint8))
     proc, _ = _infer(tmp_path, "c", "--scene", str(bad))
     assert proc.returncode == 2 and "history_xyz" in proc.stderr and "bad.npz" in proc.stderr
+
+
+def _junk_archives(tmp_path):
+    """Files a user might pass as a scene that are not scene archives."""
+    random_bytes = tmp_path / "random.npz"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(300))
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, images=np.array([{"a": 1}, None], dtype=object), history_xyz=np.zeros((16, 3)))
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.zeros(3))
+    truncated = tmp_path / "truncated.npz"
+    scene_lib.save_scene(tmp_path / "whole.npz", scene_lib.random_scene(get_config("ar1_tiny"), 0))
+    whole = (tmp_path / "whole.npz").read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    return [random_bytes, pickled, single, truncated]
+
+
+def test_junk_archives_are_not_scene_archives(tmp_path):
+    for path in _junk_archives(tmp_path):
+        with pytest.raises(ValueError) as err:
+            scene_lib.load_scene(path)
+        message = str(err.value)
+        assert str(path) in message and "not a valid scene archive" in message, message
+        assert "images" in message and "history_xyz" in message, message  # what was expected
+        assert "allow_pickle" not in message, message
+
+
+def test_missing_field_is_named(tmp_path):
+    path = tmp_path / "half.npz"
+    np.savez(path, history_xyz=np.zeros((16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"half\.npz: not a valid scene archive: missing field 'images'"):
+        scene_lib.load_scene(path)
+
+
+def test_junk_scene_on_the_command_line_exits_2(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(1).bytes(300))
+    proc, _ = _infer(tmp_path, "d", "--scene", str(junk))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: {junk}: not a valid scene archive" in proc.stderr and "allow_pickle" not in proc.stderr

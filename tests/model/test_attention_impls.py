@@ -18,6 +18,7 @@ import pytest
 import ar1_fixtures as F
 from ar1_jax.config import ConfigError, get_config
 from ar1_jax.infer.engine import Engine
+from ar1_jax.data import sft_batch
 from ar1_jax.model import attention as attn_lib
 from ar1_jax.model import kv_cache as kv_lib
 from ar1_jax.model import vla
@@ -60,7 +61,7 @@ def _sft_batch(cfg, tok, rng):
         ids, seg, pv, grid = F.scene_inputs(cfg, tok, rng, cot=cot, future_bins=rng.integers(0, 3000, 128).tolist())
         examples.append(dict(input_ids=ids, segments=seg.kind, pixel_values=pv, image_grid_thw=grid,
                              controls=rng.standard_normal((64, 2)).astype(np.float32)))
-    batch = vla.build_sft_batch(cfg, examples)
+    batch = sft_batch.build_sft_batch(cfg, examples)
     assert not batch["kv_valid"].all()  # padding is exercised
     return batch
 

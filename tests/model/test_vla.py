@@ -9,6 +9,7 @@ import pytest
 
 import ar1_fixtures as F
 from ar1_jax.action import flow
+from ar1_jax.data import sft_batch
 from ar1_jax.model import vla
 from ar1_jax.model.expert import expert_velocity
 
@@ -30,7 +31,7 @@ def _batch(cfg, tok, rng, n=2, controls=None):
         examples.append(dict(input_ids=ids, segments=seg.kind, pixel_values=pv, image_grid_thw=grid,
                              controls=(rng.standard_normal((64, 2)) if controls is None else controls
                                        ).astype(np.float32)))
-    return vla.build_sft_batch(cfg, examples)
+    return sft_batch.build_sft_batch(cfg, examples)
 
 
 def test_batch_masks_and_positions(setup):
@@ -149,7 +150,7 @@ def test_expert_reads_images_but_not_tokens_after_the_prefix(setup):
     np.testing.assert_allclose(_denoise(cfg, params, later, noise), base, rtol=1e-5, atol=1e-5)
 
     # A padded-out slot is ignored whatever token it holds.
-    padded = vla.build_sft_batch(cfg, [dict(input_ids=batch["input_ids"][0][batch["kv_valid"][0]],
+    padded = sft_batch.build_sft_batch(cfg, [dict(input_ids=batch["input_ids"][0][batch["kv_valid"][0]],
                                             segments=np.zeros(int(batch["kv_valid"][0].sum()), np.int32) + 5,
                                             pixel_values=batch["media"]["image"]["pixel_values"][0],
                                             image_grid_thw=np.asarray([[1, 4, 6]] * 16),

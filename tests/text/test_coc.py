@@ -9,8 +9,9 @@ import pytest
 from ar1_jax.text import coc
 from ar1_jax.text.coc import (
     COMPONENTS, LATERAL, LONGITUDINAL, NUM_VARIANTS, Component, Lateral, LateralMeta, Longitudinal,
-    LongitudinalMeta, ParseResult, Trace, compatible_meta_actions, decision_combinations, meta_action, parse,
+    LongitudinalMeta, Trace, compatible_meta_actions, decision_combinations, meta_action,
 )
+from ar1_jax.text.coc_parse import ParseResult, parse
 
 # Fresh inputs every run; a failure prints the seed (AR1_TEST_SEED=<seed> reproduces it).
 SEED = int(os.environ.get("AR1_TEST_SEED", random.SystemRandom().randrange(2**31)))

@@ -1,4 +1,5 @@
-"""Tokenizers, special/trajectory tokens and the prompt template (ar1_jax.text.tokenizer)."""
+"""Tokenizers, special/trajectory tokens (ar1_jax.text.tokenizer) and the prompt template over them
+(ar1_jax.text.prompt; tested here with both tokenizers' fixtures)."""
 
 import json
 import os
@@ -8,11 +9,12 @@ import numpy as np
 import pytest
 
 from ar1_jax.text import coc
+from ar1_jax.text.prompt import (
+    INSTRUCTION, INSTRUCTION_TRAJECTORY_ONLY, NUM_FUTURE_TOKENS, NUM_HISTORY_TOKENS, RELEASE_CAMERAS, SEG_END,
+    SEG_FUTURE_START, SEG_HISTORY, SEG_IMAGE, SEG_PROMPT, SYSTEM_PROMPT, build_prompt, release_image_labels,
+)
 from ar1_jax.text.tokenizer import (
-    INSTRUCTION, INSTRUCTION_TRAJECTORY_ONLY, NUM_FUTURE_TOKENS, NUM_HISTORY_TOKENS, QWEN_SPECIAL_TOKENS,
-    RELEASE_CAMERAS, RELEASE_SPECIAL_TOKENS, SEG_END, SEG_FUTURE_START, SEG_HISTORY, SEG_IMAGE, SEG_PROMPT,
-    SPECIAL_TOKENS, SYSTEM_PROMPT, HFTokenizerAdapter, Tokenizer, build_prompt,
-    release_image_labels, train_tokenizer,
+    QWEN_SPECIAL_TOKENS, RELEASE_SPECIAL_TOKENS, SPECIAL_TOKENS, HFTokenizerAdapter, Tokenizer, train_tokenizer,
 )
 
 SEED = int(os.environ.get("AR1_TEST_SEED", random.SystemRandom().randrange(2**31)))

@@ -19,7 +19,7 @@ from ar1_jax.train import memory
 
 
 def real_state_bytes(cfg, mesh) -> dict:
-    from ar1_jax.train.loop import Trainer
+    from ar1_jax.train.trainer import Trainer
 
     state = Trainer(cfg, mesh).init_state()
 

@@ -12,7 +12,7 @@ from ar1_jax.config import get_config
 from ar1_jax.convert import hf
 from ar1_jax.parallel.mesh import make_mesh
 from ar1_jax.train import checkpoint as ckpt_lib
-from ar1_jax.train.loop import Trainer
+from ar1_jax.train.trainer import Trainer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "convert"))
 from test_release_layout import _release_checkpoint  # noqa: E402  (a tiny release checkpoint, written locally)

@@ -12,6 +12,7 @@ from jax.extend import core as jcore
 
 import ar1_fixtures as F
 from ar1_jax.config import get_config
+from ar1_jax.data import sft_batch
 from ar1_jax.model import vision, vla
 from ar1_jax.train import flops
 
@@ -59,7 +60,7 @@ def real_batch(cfg, n=2):
                                             future_bins=rng.integers(0, 3000, 128).tolist())
         examples.append(dict(input_ids=ids, segments=seg.kind, pixel_values=pv, image_grid_thw=grid,
                              controls=rng.standard_normal((cfg.action.horizon, 2)).astype(np.float32)))
-    return vla.build_sft_batch(cfg, examples)
+    return sft_batch.build_sft_batch(cfg, examples)
 
 
 def shape_of(batch):

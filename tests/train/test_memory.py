@@ -17,7 +17,7 @@ import pytest
 
 from ar1_jax import cli
 from ar1_jax.config import get_config
-from ar1_jax.model.vla import build_sft_batch
+from ar1_jax.data.sft_batch import build_sft_batch
 from ar1_jax.train import memory
 
 HERE = pathlib.Path(__file__).parent

@@ -17,7 +17,8 @@ from ar1_jax import cli
 from ar1_jax.model import vla
 from ar1_jax.parallel.mesh import make_mesh
 from ar1_jax.train import checkpoint as ckpt_lib
-from ar1_jax.train import loop
+from ar1_jax.train import driver, sft
+from ar1_jax.train.trainer import Trainer
 
 # One xdist worker takes the whole module (`--dist loadgroup`), so the shared run happens once.
 pytestmark = pytest.mark.xdist_group("train_cli")
@@ -43,7 +44,7 @@ def _final_params(env, workdir):
     cfg = env["config"]()
     ckpt = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", cfg, read_only=True)
     try:
-        state, data_state = ckpt.restore(ckpt.latest_step(), loop.Trainer(cfg, make_mesh(cfg.mesh)).abstract_state)
+        state, data_state = ckpt.restore(ckpt.latest_step(), Trainer(cfg, make_mesh(cfg.mesh)).abstract_state)
     finally:
         ckpt.close()
     return ckpt.latest_step(), jax.tree.map(np.asarray, state), data_state
@@ -159,8 +160,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(train_env, tmp_path
         loss = jnp.where(metrics["ce_reasoning"] < 8.0, jnp.nan, loss)
         return loss, dict(metrics, loss=loss)
 
-    with pytest.raises(loop.TrainingDiverged, match=r"step (\d+): loss is not finite") as err:
-        loop.run(cfg, tmp_path, tokenizer=train_env["tok"], progress=False, loss_fn=blows_up)
+    with pytest.raises(driver.TrainingDiverged, match=r"step (\d+): loss is not finite") as err:
+        sft.run(cfg, tmp_path, tokenizer=train_env["tok"], progress=False, loss_fn=blows_up)
     bad = int(err.value.args[0].split()[1].rstrip(":"))
     rows = _rows(tmp_path)
     assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["step"] < bad
@@ -200,3 +201,48 @@ def test_init_from_another_run_starts_from_its_weights(train_env, straight, tmp_
     assert row["step"] == 1 and row["loss"] < _rows(straight)[0]["loss"]
     assert json.loads((tmp_path / "config.json").read_text())["train"]["stage"] == "sft1"
     assert json.loads((tmp_path / "config.json").read_text())["loss"]["reasoning_weight"] == 0
+
+
+def _damage(step_dir: pathlib.Path) -> pathlib.Path:
+    """Overwrites the head of the step's state metadata file, as a bad disk or a stray write would."""
+    target = step_dir / "state" / "_METADATA"
+    data = target.read_bytes()
+    target.write_bytes(b"\x00garbage\x00" + data[9:])
+    return target
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(train_env, straight, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(straight / "checkpoints", tmp_path / "checkpoints")
+    shutil.copy(straight / "metrics.jsonl", tmp_path / "metrics.jsonl")
+    _damage(tmp_path / "checkpoints" / "6")
+    assert _train(train_env, tmp_path) == 0  # the same command: resumes from 4, not from the damaged 6
+    warning = capsys.readouterr().err
+    assert "checkpoint step 6" in warning and "damaged" in warning and "resuming from the step before" in warning
+    assert (tmp_path / "checkpoints" / "damaged" / "6" / "state").is_dir()  # kept, not deleted
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in _rows(tmp_path)] == [r["loss"] for r in _rows(straight)]
+    step_a, state_a, _ = _final_params(train_env, straight)
+    step_b, state_b, _ = _final_params(train_env, tmp_path)
+    assert step_a == step_b == 6
+    for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(x, y)  # steps 5 and 6 redone exactly
+
+
+def test_from_step_picks_a_checkpoint_and_keeps_the_newer_ones(train_env, straight, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(straight / "checkpoints", tmp_path / "checkpoints")
+    shutil.copy(straight / "metrics.jsonl", tmp_path / "metrics.jsonl")
+    assert _train(train_env, tmp_path, "--from-step", "5") == 2
+    err = capsys.readouterr().err
+    assert "--from-step 5: no such checkpoint" in err and "[4, 6]" in err
+    assert _train(train_env, tmp_path, "--from-step", "4", "--stop-after", "1") == 0
+    assert (tmp_path / "checkpoints" / "superseded" / "6" / "state").is_dir()
+    assert ckpt_lib.Checkpointer(tmp_path / "checkpoints", train_env["config"](), read_only=True).all_steps() == [4, 5]
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4, 5]
+    assert _rows(tmp_path)[-1]["loss"] == _rows(straight)[4]["loss"]
+    _damage(tmp_path / "checkpoints" / "5")
+    assert _train(train_env, tmp_path, "--from-step", "5") == 2
+    assert "checkpoint step 5" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def _train(cfg, mesh, tok, batches=None, steps=STEPS):
     import numpy as np
 
     from ar1_jax.data import pipeline as pl
-    from ar1_jax.train.loop import Trainer
+    from ar1_jax.train.trainer import Trainer
 
     trainer = Trainer(cfg, mesh)
     state = trainer.init_state()
@@ -54,7 +54,7 @@ def meshes(data_dir, tok_dir, out_json, ckpt_dir):
     from ar1_jax.parallel.mesh import make_mesh
     from ar1_jax.text.tokenizer import Tokenizer
     from ar1_jax.train.checkpoint import Checkpointer
-    from ar1_jax.train.loop import Trainer
+    from ar1_jax.train.trainer import Trainer
 
     tok = Tokenizer.load(tok_dir)
     report = {"device_count": jax.device_count(), "runs": {}}
@@ -137,7 +137,7 @@ def reference(data_dir, tok_dir, out_json, other_run=None):
     report = {"losses": losses, "device_count": jax.device_count()}
     if other_run:
         from ar1_jax.train.checkpoint import Checkpointer
-        from ar1_jax.train.loop import Trainer
+        from ar1_jax.train.trainer import Trainer
 
         ckpt = Checkpointer(f"{other_run}/checkpoints", cfg, read_only=True)
         report["other_step"] = ckpt.latest_step()

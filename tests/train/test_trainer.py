@@ -1,4 +1,4 @@
-"""ar1_jax/train/loop.py: the sharded state, the step (accumulation, freezing, EMA, NaN guard)."""
+"""ar1_jax/train/trainer.py: the sharded state, the step (accumulation, freezing, EMA, NaN guard)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +7,10 @@ import pytest
 
 from ar1_jax.config import ConfigError
 from ar1_jax.data import pipeline as pl
+from ar1_jax.data.sft_batch import SFT_SPEC
 from ar1_jax.model import vla
 from ar1_jax.parallel.mesh import make_mesh
-from ar1_jax.train import loop, sft
+from ar1_jax.train import sft, trainer as trainer_lib
 
 
 def _mesh(cfg):
@@ -37,7 +38,7 @@ def _rows(batch, rows):
 
 def test_gradient_accumulation_equals_the_whole_batch_gradient(train_env):
     cfg = train_env["config"]("train.grad_accum=2", "loss.flow_weight=0")
-    trainer = loop.Trainer(cfg, _mesh(cfg))
+    trainer = trainer_lib.Trainer(cfg, _mesh(cfg))
     state = trainer.init_state()
     batch = _first_batch(cfg, train_env)
     # Micro-batch k takes rows k, k + m, ...: the two hold different numbers of reasoning tokens, so a
@@ -63,7 +64,7 @@ def test_gradient_accumulation_equals_the_whole_batch_gradient(train_env):
 def test_frozen_modules_stay_put_and_ema_follows(train_env):
     cfg = sft.apply_stage(train_env["config"]("train.ema_decay=0.5"), "release_expert")
     assert cfg.train.frozen == ("vision", "text") and cfg.loss.reasoning_weight == 0
-    trainer = loop.Trainer(cfg, _mesh(cfg))
+    trainer = trainer_lib.Trainer(cfg, _mesh(cfg))
     assert trainer.num_trainable < trainer.num_params
     state = trainer.init_state()
     before = jax.tree.map(np.asarray, state["params"])
@@ -92,7 +93,7 @@ def test_non_finite_step_leaves_the_state_unchanged(train_env):
         loss = loss * jnp.nan
         return loss, dict(metrics, loss=loss)
 
-    trainer = loop.Trainer(cfg, _mesh(cfg), loss_fn=nan_loss)
+    trainer = trainer_lib.Trainer(cfg, _mesh(cfg), loss_fn=nan_loss)
     state = trainer.init_state()
     before = jax.tree.map(np.asarray, {k: state[k] for k in ("params", "opt_state")})
     state, metrics = trainer.compile_step(pl.batch_shardings(cfg, _mesh(cfg)))(state, _first_batch(cfg, train_env))
@@ -104,4 +105,19 @@ def test_non_finite_step_leaves_the_state_unchanged(train_env):
 def test_batch_divisibility_is_checked_at_start(train_env):
     cfg = train_env["config"]("train.grad_accum=3")
     with pytest.raises(ConfigError, match=r"data\.batch_size`: 4 is not divisible .* train\.grad_accum=3"):
-        loop.check_batch_divisibility(cfg, _mesh(cfg))
+        trainer_lib.check_batch_divisibility(cfg, _mesh(cfg))
+
+
+def test_the_pipeline_batches_are_what_the_sft_spec_describes(train_env):
+    """A real pipeline batch passes the spec's check, in the spec's shardings."""
+    cfg = train_env["config"]()
+    mesh = _mesh(cfg)
+    batch = _first_batch(cfg, train_env)
+    host = jax.tree.map(np.asarray, batch)
+    dims = SFT_SPEC.check(host)
+    assert dims["B"] == 4 and dims["A"] == cfg.action.horizon and dims["T"] % 64 == 0
+    want = pl.batch_shardings(cfg, mesh)
+    got = jax.tree.map(lambda x: x.sharding, batch)
+    assert jax.tree.structure(want) == jax.tree.structure(got)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        assert w.is_equivalent_to(g, 2)

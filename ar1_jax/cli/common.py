@@ -1,0 +1,76 @@
+"""What every `ar1` command shares: exit codes, the errors that end a command, config loading and the
+parser helpers (a command's subparser, its --config/--set options)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+from ar1_jax.optional import ARRIVES_WITH, NotAvailable, import_optional
+
+__all__ = ["ARRIVES_WITH", "EXIT_FAILED", "EXIT_NOT_AVAILABLE", "EXIT_OK", "EXIT_USAGE", "CLIError", "Formatter",
+           "NotAvailable", "add_config_args", "existing_dir", "import_optional", "load_config", "print_help", "sub"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_AVAILABLE = 3
+
+
+class CLIError(Exception):
+    """Ends the command with `error: <message>` on stderr and the given exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def load_config(name: str, overrides: Sequence[str] | None):
+    """`get_config(name, overrides)`; a bad name or field ends the command with exit code 2."""
+    from ar1_jax.config import ConfigError, get_config
+
+    try:
+        return get_config(name, list(overrides or ()))
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+
+
+def existing_dir(path: str, flag: str) -> pathlib.Path:
+    p = pathlib.Path(path)
+    if not p.is_dir():
+        raise CLIError(f"{flag} {p}: no such directory")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parser helpers.
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--config", default=default, metavar="NAME_OR_PATH",
+                   help="a named config (see `ar1 configs`) or a .py file defining get_config()"
+                        + (f" (default: {default})" if default else ""))
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                   help="override one config field by its dotted path, e.g. model.text.num_layers=4 "
+                        "(repeatable)")
+
+
+def sub(subparsers, name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose --help shows `summary`, then `description` (line breaks kept), then `epilog`."""
+    return subparsers.add_parser(name, help=summary, description=f"{summary}\n\n{description}".strip(),
+                                 epilog=epilog or None, formatter_class=Formatter)
+
+
+def print_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A handler for a command given without its action: its help on stderr, exit code 2."""
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    return handler

@@ -1,0 +1,130 @@
+"""AR1 on one scene, as `ar1 infer` runs it, callable from Python.
+
+    record = run_scene(get_config("ar1_tiny"), "random", "out/infer", samples=2, seed=0)
+
+`run_scene` builds the weights (random from the config's seed, or a release-layout checkpoint), the
+tokenizer, the scene's inputs, runs the compiled engine (reasoning decode, flow denoise, trajectory),
+says each sample's reasoning and a timing breakdown, writes `out/trajectory.json` and a bird's-eye plot
+`out/bev.png`, and returns the record written to trajectory.json. Faults of the inputs (config,
+checkpoint, tokenizer, scene) raise `InferInputError` naming the thing and what was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from typing import Callable
+
+from ar1_jax.config import Config
+from ar1_jax.infer import scene as scene_lib
+
+_say = functools.partial(print, flush=True)
+TIMING_KEYS = ("vision", "prefill", "decode", "denoise", "trajectory", "total")
+
+
+class InferInputError(ValueError):
+    """A config, checkpoint, tokenizer or scene that inference cannot use; the message names it."""
+
+
+def load_weights(cfg: Config, checkpoint: str | pathlib.Path | None = None) -> tuple[Config, dict]:
+    """(config, pure params): a release-layout AR1 checkpoint's (its own config), or random weights
+    from `cfg.seed` without one."""
+    if checkpoint:
+        from ar1_jax.convert import hf
+
+        loaded = hf.load(checkpoint, dtype=cfg.model.dtype)
+        if not hasattr(loaded, "engine"):
+            raise InferInputError(f"{checkpoint} is a plain VLM checkpoint, not an AR1 one")
+        return loaded.cfg, loaded.pure_params
+    import jax
+    from flax import nnx
+
+    from ar1_jax.model.vla import AR1
+
+    return cfg, nnx.to_pure_dict(jax.jit(lambda: nnx.state(AR1(cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param))())
+
+
+def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir: str | pathlib.Path):
+    """The tokenizer in `directory` (HF tokenizer.json or a sentencepiece .model), else ours, trained
+    on the CoC corpus and cached in `cache_dir`; its layout must match `cfg`'s."""
+    from ar1_jax.text import tokenizer as tok_lib
+
+    if directory and (pathlib.Path(directory) / "tokenizer.json").exists():
+        tok = tok_lib.HFTokenizerAdapter(directory)
+    elif directory and any(pathlib.Path(directory).glob("*.model")):
+        tok = tok_lib.Tokenizer.load(directory)
+    else:
+        from ar1_jax.text import corpus
+
+        base = cfg.tokens.traj_token_offset - len(tok_lib.SPECIAL_TOKENS)
+        tok = corpus.default_tokenizer(base, pathlib.Path(cache_dir))
+    if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size != cfg.model.text.vocab_size:
+        raise InferInputError(f"tokenizer layout (vocab {tok.vocab_size}, <i0> at {tok.traj_token_offset}) does not "
+                              f"match config {cfg.name!r} (vocab {cfg.model.text.vocab_size}, <i0> at "
+                              f"{cfg.tokens.traj_token_offset})")
+    return tok
+
+
+def run_scene(cfg: Config, scene: scene_lib.Scene | str | pathlib.Path, out: str | pathlib.Path, *,
+              checkpoint: str | pathlib.Path | None = None, tokenizer: str | pathlib.Path | None = None,
+              samples: int | None = None, seed: int = 0, repeat: int = 1,
+              say: Callable[[str], None] = _say) -> dict:
+    """Runs AR1 on `scene` (a Scene, a scene .npz path, or "random") and writes `out`/trajectory.json
+    and `out`/bev.png.
+
+    `checkpoint`: a release-layout checkpoint directory (else random weights); `tokenizer`: a tokenizer
+    directory (default: the checkpoint's, else ours cached in `out`/tokenizer); `samples`: trajectory
+    samples (default: the config's); `repeat`: runs, the last one's timing is kept (the first compiles).
+    Returns {config, scene, seed, v0, timing, samples: [{text, trajectory_xy, controls, forced}]}.
+    """
+    from ar1_jax.eval import viz
+    from ar1_jax.infer import engine as engine_lib
+
+    if not cfg.is_vla:
+        raise InferInputError(f"config {cfg.name!r} is a plain backbone; `ar1 infer` needs an AR1 config (ar1_*)")
+    random = isinstance(scene, str) and scene == "random"
+    if not random and not isinstance(scene, scene_lib.Scene):
+        scene = _guard(scene_lib.load_scene, scene)  # a bad file fails before the model is built
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"[1/4] model: {cfg.name}")
+    cfg, params = load_weights(cfg, checkpoint)
+    tok = load_tokenizer(cfg, tokenizer or checkpoint, out / "tokenizer")
+    say("[2/4] scene")
+    if random:  # from the checkpoint's config, which may differ from `cfg`
+        scene = scene_lib.random_scene(cfg, seed)
+    ids, pv, grid, v0 = _guard(scene_lib.scene_inputs, cfg, tok, scene)
+    say(f"      {scene.name}: {len(ids)} prompt tokens, {len(grid)} images, v0 {v0:.2f} m/s")
+    say("[3/4] inference (compiles on the first call)")
+    eng = engine_lib.Engine(cfg, params, tok)
+    for i in range(max(1, repeat)):
+        result = eng.run(ids, pv, grid, v0=v0, seed=seed, num_samples=samples)
+        if repeat > 1:
+            say(f"      run {i + 1}/{repeat}: {result.timing['total'] * 1e3:.1f} ms")
+    for k, (text, dec) in enumerate(zip(result.text[0], result.decisions[0])):
+        forced = " (traj_future_start forced at the token budget)" if result.forced[0, k] else ""
+        parsed = (f"{dec.longitudinal}/{dec.lateral}" if dec is not None and dec.ok else "unparseable")
+        say(f"  sample {k}: {text!r} -> {parsed}{forced}")
+    t = result.timing
+    say("      timing: " + ", ".join(f"{k} {t[k] * 1e3:.1f} ms" for k in TIMING_KEYS)
+        + f", {t['decode_steps']} tokens at {t['decode_per_token'] * 1e3:.2f} ms/token")
+    say("[4/4] writing outputs")
+    record = dict(config=cfg.name, scene=scene.name, seed=seed, v0=v0, timing=t,
+                  samples=[dict(text=text, trajectory_xy=result.trajectory[0, k].round(4).tolist(),
+                                controls=result.controls[0, k].round(5).tolist(), forced=bool(result.forced[0, k]))
+                           for k, text in enumerate(result.text[0])])
+    (out / "trajectory.json").write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    viz.plot_bev(out / "bev.png", result.trajectory[0], scene.history_xyz[:, :2],
+                 None if scene.future_xyz is None else scene.future_xyz[:, :2],
+                 title=f"{cfg.name} on {scene.name}", labels=[f"{k}: {x}" for k, x in enumerate(result.text[0])])
+    say(f"wrote {out / 'trajectory.json'} and {out / 'bev.png'}")
+    return record
+
+
+def _guard(fn, *args):
+    """`fn(*args)`, with a scene's OSError or ValueError raised as InferInputError."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as e:
+        raise InferInputError(str(e)) from e
