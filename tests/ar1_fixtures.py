@@ -76,3 +76,30 @@ def communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
                 q.kill()
             raise
     return logs
+
+
+# Subprocess waits are hang guards only: a loaded 2-core machine can take minutes to compile, so no
+# test may depend on a subprocess being done (or having got somewhere) within a tight wall-clock bound.
+HANG_GUARD_S = 1800
+
+
+def wait_for_lines(path, count: int, procs: list[subprocess.Popen]) -> None:
+    """Blocks until text file `path` has `count` lines (e.g. a run's metrics rows). Fails, killing
+    `procs`, if one of them exits first or HANG_GUARD_S passes: never signals a run that has not
+    got there yet."""
+    import pathlib
+    import time
+
+    path, deadline = pathlib.Path(path), time.monotonic() + HANG_GUARD_S
+    while True:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        exited = [p for p in procs if p.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            logs = [p.communicate()[0] or "" for p in procs]
+            why = f"exited with {exited[0].returncode}" if exited else f"made no progress in {HANG_GUARD_S} s"
+            raise AssertionError(f"waiting for {count} lines in {path}: a process {why}\n" +
+                                 "\n---\n".join(x[-3000:] for x in logs))
+        time.sleep(0.2)

@@ -95,7 +95,7 @@ def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None
     elif pvs:
         media = {"image": {"pixel_values": np.concatenate(pvs, 0).astype(np.float32),
                            "layout": vision.vision_layout(cfg.model.vision, grid)}}
-    return dict(
+    batch = dict(
         input_ids=ids, targets=targets, positions=positions, kv_valid=mask,
         reasoning_mask=np.isin(next_kind, REASONING_TARGETS) & mask,
         traj_mask=np.isin(next_kind, TRAJECTORY_TARGETS) & mask,
@@ -103,3 +103,7 @@ def build_sft_batch(cfg: Config, examples: list[dict], length: int | None = None
         controls=np.stack([e["controls"] for e in examples]).astype(np.float32),
         controls_valid=np.ones((n,), bool), media=media,
     )
+    flat = media is not None and media["image"]["pixel_values"].ndim == 2  # inference's HF form, not a train batch
+    if not flat:
+        SFT_SPEC.check(batch)  # what the trainer, the shardings and the micro-batches will assume
+    return batch

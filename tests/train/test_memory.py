@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import pytest
 
+import ar1_fixtures as F
+
 from ar1_jax import cli
 from ar1_jax.config import get_config
 from ar1_jax.data.sft_batch import build_sft_batch
@@ -23,7 +25,7 @@ from ar1_jax.train import memory
 HERE = pathlib.Path(__file__).parent
 
 
-def worker(*args, devices=8, timeout=600) -> dict:
+def worker(*args, devices=8, timeout=F.HANG_GUARD_S) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(HERE / "memory_worker.py"), *args], capture_output=True, text=True,
                           env=env, timeout=timeout)

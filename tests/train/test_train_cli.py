@@ -6,12 +6,13 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import ar1_fixtures as F
 
 from ar1_jax import cli
 from ar1_jax.model import vla
@@ -134,13 +135,9 @@ def test_sigterm_saves_a_restorable_checkpoint(train_env, tmp_path):
     cmd = [sys.executable, "-m", "ar1_jax.cli", "train", "--workdir", str(tmp_path), *_base(train_env, steps=500)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
+    F.wait_for_lines(metrics, 3, [proc])
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
+    out = proc.communicate(timeout=F.HANG_GUARD_S)[0]
     assert proc.returncode == 143, out[-3000:]
     assert "preempted at step" in out
     stopped = _rows(tmp_path)[-1]["step"]

@@ -2,13 +2,13 @@
 
     python train_worker.py meshes DATA_DIR TOKENIZER_DIR OUT_JSON CKPT_DIR
         (XLA_FLAGS=--xla_force_host_platform_device_count=8 set by the caller) trains STEPS steps of
-        ar1_tiny from the same init and batches on 1 device and on the meshes (data=8), (fsdp=8),
-        (data=2, fsdp=2, tensor=2); reports losses, parameter shardings, and a checkpoint saved on
-        the 2x2x2 mesh restored onto 1 and 4 devices.
-    python train_worker.py reference DATA_DIR TOKENIZER_DIR OUT_JSON
+        ar1_tiny from the same init and batches on 1 device and on the meshes (fsdp=8) and
+        (data=2, fsdp=2, tensor=2); reports losses, parameter shardings (also those of data=8), and a
+        checkpoint saved on the 2x2x2 mesh restored onto 1 and 4 devices.
+    python train_worker.py reference DATA_DIR TOKENIZER_DIR OUT_JSON TOTAL_STEPS OTHER_RUN
         (2 fake devices) one process trains on the global batches that two processes would build
-        (each process's shard of the data, concatenated): the reference for `ar1 train` run by two
-        gloo processes.
+        (each process's shard of the data, concatenated), as many steps as OTHER_RUN (an `ar1 train`
+        run by two gloo processes) took, and compares the parameters with its last checkpoint.
 """
 
 import json
@@ -47,6 +47,14 @@ def _train(cfg, mesh, tok, batches=None, steps=STEPS):
     return trainer, state, losses
 
 
+def _named_leaves(p):
+    """The large parameters whose layouts the test checks (a params-like tree's leaves)."""
+    return {"text.layers.mlp.up_kernel": p["text"]["layers"]["mlp"]["up_kernel"],
+            "text.layers.attn.q_kernel": p["text"]["layers"]["attn"]["q_kernel"],
+            "text.embed": p["text"]["embed"], "expert.layers.mlp.down_kernel": p["expert"]["layers"]["mlp"]["down_kernel"],
+            "vision.blocks.mlp.fc1_kernel": p["vision"]["blocks"]["mlp"]["fc1_kernel"]}
+
+
 def meshes(data_dir, tok_dir, out_json, ckpt_dir):
     import jax
     import numpy as np
@@ -59,17 +67,19 @@ def meshes(data_dir, tok_dir, out_json, ckpt_dir):
     tok = Tokenizer.load(tok_dir)
     report = {"device_count": jax.device_count(), "runs": {}}
     ref_params = None
-    for name, sets in [("one", ("mesh.data=1",)), ("data8", ("mesh.data=8",)), ("fsdp8", ("mesh.data=1", "mesh.fsdp=8")),
+    # Pure data parallelism is not trained here (the 2x2x2 mesh trains over a data axis too): only
+    # its parameter shardings are read, which needs no compile.
+    cfg = _cfg(data_dir, "mesh.data=8")
+    shardings = Trainer(cfg, make_mesh(cfg.mesh)).state_shardings["params"]
+    report["runs"]["data8"] = {"specs": {k: list(s.spec) for k, s in _named_leaves(shardings).items()}}
+    for name, sets in [("one", ("mesh.data=1",)), ("fsdp8", ("mesh.data=1", "mesh.fsdp=8")),
                        ("2x2x2", ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"))]:
         cfg = _cfg(data_dir, *sets)
         mesh = make_mesh(cfg.mesh, jax.devices()[:1] if name == "one" else None)
         trainer, state, losses = _train(cfg, mesh, tok)
         p = state["params"]
         run = {"losses": losses, "mesh": dict(mesh.shape)}
-        leaves = {"text.layers.mlp.up_kernel": p["text"]["layers"]["mlp"]["up_kernel"],
-                  "text.layers.attn.q_kernel": p["text"]["layers"]["attn"]["q_kernel"],
-                  "text.embed": p["text"]["embed"], "expert.layers.mlp.down_kernel": p["expert"]["layers"]["mlp"]["down_kernel"],
-                  "vision.blocks.mlp.fc1_kernel": p["vision"]["blocks"]["mlp"]["fc1_kernel"]}
+        leaves = _named_leaves(p)
         run["specs"] = {k: _spec(v) for k, v in leaves.items()}
         run["shard_shapes"] = {k: list(v.addressable_shards[0].data.shape) for k, v in leaves.items()}
         # Adam's moments live where their parameter lives.
@@ -102,9 +112,10 @@ def meshes(data_dir, tok_dir, out_json, ckpt_dir):
     pathlib_write(out_json, report)
 
 
-def reference(data_dir, tok_dir, out_json, other_run=None):
-    """The global batches of a 2-process run, built in one process: process i's shard, concatenated.
-    With `other_run` (the 2-process run's workdir), also compares its final checkpoint's parameters."""
+def reference(data_dir, tok_dir, out_json, total_steps, other_run):
+    """The global batches of a 2-process run, built in one process: process i's shard, concatenated,
+    trained under a `total_steps` schedule for as many steps as `other_run` (the 2-process run's
+    workdir) took; compares the parameters with its final checkpoint's."""
     import grain
     import jax
     import numpy as np
@@ -114,7 +125,10 @@ def reference(data_dir, tok_dir, out_json, other_run=None):
     from ar1_jax.text.tokenizer import Tokenizer
 
     tok = Tokenizer.load(tok_dir)
-    cfg = _cfg(data_dir, "data.prefetch=0", f"train.steps={STEPS}")  # the schedule of the CLI run
+    from ar1_jax.train.checkpoint import Checkpointer
+    from ar1_jax.train.trainer import Trainer
+
+    cfg = _cfg(data_dir, "data.prefetch=0", f"train.steps={total_steps}")  # the schedule of the CLI run
     mesh = make_mesh(cfg.mesh)
     buckets = pl.default_buckets(cfg, tok)
     hosts = [iter(pl.host_dataset(cfg, tok, local_batch=4, buckets=buckets,
@@ -132,22 +146,18 @@ def reference(data_dir, tok_dir, out_json, other_run=None):
                        image_grid_thw=parts[0]["image_grid_thw"], bucket=bucket,
                        scene_ids=[s for p in parts for s in p["scene_ids"]], skipped=[])
 
+    ckpt = Checkpointer(f"{other_run}/checkpoints", cfg, read_only=True)
+    other_step = ckpt.latest_step()
     batches = pl.SFTBatchIterator(merged(), cfg, mesh, buckets)
-    _, state, losses = _train(cfg, mesh, tok, batches=batches)
-    report = {"losses": losses, "device_count": jax.device_count()}
-    if other_run:
-        from ar1_jax.train.checkpoint import Checkpointer
-        from ar1_jax.train.trainer import Trainer
-
-        ckpt = Checkpointer(f"{other_run}/checkpoints", cfg, read_only=True)
-        report["other_step"] = ckpt.latest_step()
-        got, _ = ckpt.restore(ckpt.latest_step(), Trainer(cfg, mesh).abstract_state)
-        ckpt.close()
-        diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in
-                                zip(jax.tree.leaves(got["params"]), jax.tree.leaves(state["params"]))])
-        report["max_param_diff"] = float(diffs.max())
-        report["frac_param_diff_over_1e-5"] = float((diffs > 1e-5).mean())
-        report["num_params"] = int(diffs.size)
+    _, state, losses = _train(cfg, mesh, tok, batches=batches, steps=other_step)
+    report = {"losses": losses, "device_count": jax.device_count(), "other_step": other_step}
+    got, _ = ckpt.restore(other_step, Trainer(cfg, mesh).abstract_state)
+    ckpt.close()
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in
+                            zip(jax.tree.leaves(got["params"]), jax.tree.leaves(state["params"]))])
+    report["max_param_diff"] = float(diffs.max())
+    report["frac_param_diff_over_1e-5"] = float((diffs > 1e-5).mean())
+    report["num_params"] = int(diffs.size)
     pathlib_write(out_json, report)
 
 
