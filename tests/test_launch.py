@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+import ar1_fixtures as F
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 SCRIPTS = ("local.sh", "tpu_pod.sh", "slurm_gpu.sbatch")
@@ -40,7 +42,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def _run(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
-                          env=_clean_env() if env is None else env, timeout=60, cwd=ROOT)
+                          env=_clean_env() if env is None else env, timeout=F.HANG_GUARD_S, cwd=ROOT)
 
 
 def _shim(directory: pathlib.Path, name: str, text: str = ARGS_SHIM) -> pathlib.Path:
@@ -198,7 +200,7 @@ def test_tpu_remote_command_runs_on_the_workers_shell(tmp_path, home_relative):
     if home_relative:
         assert remote.startswith("cd ~/")
     out = subprocess.run(["sh", "-c", remote], capture_output=True, text=True, env=_clean_env(HOME=str(tmp_path)),
-                         timeout=30)
+                         timeout=F.HANG_GUARD_S)
     assert out.returncode == 0, out.stderr
     assert _args(out.stdout) == ["train", "--config", "ar1_tiny", "--workdir", "/mnt/run", "--set", "mesh.data=1",
                                  "--set", "mesh.fsdp=-1", "--set", odd]

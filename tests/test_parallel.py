@@ -25,6 +25,9 @@ from ar1_jax.config import MeshConfig
 from ar1_jax.parallel import mesh as mesh_lib
 from ar1_jax.parallel import rules
 
+# `--dist loadgroup` keeps this module on one worker, so the 8-device subprocess below runs once.
+pytestmark = pytest.mark.xdist_group("test_parallel")
+
 
 def amesh(data, fsdp, tensor):
     return AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
@@ -258,11 +261,14 @@ _SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def eight():
+    import ar1_fixtures as F  # here, not at the top: the subprocess imports this module for `Toy`
+
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=F.HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])

@@ -31,8 +31,9 @@ def main(argv):
     if mode == "distributed":
         port, pid, nproc = int(argv[4]), int(argv[5]), int(argv[6])
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # A hang guard only (the peer may still be importing on a busy machine), as long as the test's.
         jax.distributed.initialize(f"localhost:{port}", num_processes=nproc, process_id=pid,
-                                   initialization_timeout=120)
+                                   initialization_timeout=1800)
     import numpy as np
 
     from ar1_jax.config import get_config

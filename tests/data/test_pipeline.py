@@ -27,6 +27,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 WORKER = HERE / "pipeline_worker.py"
 NUM = 16  # scenes in the shared dataset (all in train)
+# `--dist loadgroup` keeps this module on one worker, so the module's datasets are written once.
+pytestmark = pytest.mark.xdist_group("test_pipeline")
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +157,7 @@ def test_worker_processes_give_the_same_batches_and_resume(env):
 def test_global_batches_on_8_devices_are_sharded_by_batch(env, tmp_path):
     out = tmp_path / "report.json"
     r = subprocess.run([sys.executable, str(WORKER), "sharded", str(env["data"]), str(env["tok_dir"]), str(out)],
-                       capture_output=True, text=True, timeout=300,
+                       capture_output=True, text=True, timeout=F.HANG_GUARD_S,
                        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-4000:]
     rep = json.loads(out.read_text())
@@ -185,7 +187,7 @@ def test_two_processes_read_disjoint_halves(env, tmp_path):
                                str(tmp_path / f"p{i}.json"), str(port), str(i), "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
              for i in range(2)]
-    logs = F.communicate_all(procs, timeout=300)
+    logs = F.communicate_all(procs, timeout=F.HANG_GUARD_S)
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(x[-3000:] for x in logs)
     reps = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
     assert [r["process_index"] for r in reps] == [0, 1] and reps[0]["device_count"] == 2

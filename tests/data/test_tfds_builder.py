@@ -10,6 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+import ar1_fixtures as F
+
 from ar1_jax.action import unicycle
 from ar1_jax.config import get_config
 from ar1_jax.data import tfds_builder as tb
@@ -148,11 +150,12 @@ _READER = textwrap.dedent("""
 """)
 
 
-def test_cli_synth_and_a_reader_that_does_not_import_ar1_jax(tmp_path):
+def test_cli_synth_and_a_reader_that_does_not_import_ar1_jax(tmp_path, capsys):
     out = tmp_path / "synth"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "ar1_jax.cli", "data", "synth", "--out", str(out), "--num-scenes", "12",
-                        "--seed", "5", "--config", "ar1_tiny"], capture_output=True, text=True, timeout=180, env=env)
+                        "--seed", "5", "--config", "ar1_tiny"], capture_output=True, text=True, timeout=F.HANG_GUARD_S,
+                       env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"wrote {out}" in r.stdout and "12 scenes from" in r.stdout
     meta = json.loads((out / "metadata.json").read_text())
@@ -161,16 +164,18 @@ def test_cli_synth_and_a_reader_that_does_not_import_ar1_jax(tmp_path):
         assert "warning: ar1_jax.data.synthetic.generate_records is not available" in r.stderr
     # A Python that knows nothing of ar1_jax (run from elsewhere, no PYTHONPATH) reads the directory.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r2 = subprocess.run([sys.executable, "-c", _READER, str(out)], capture_output=True, text=True, timeout=120,
-                        cwd=tmp_path, env=env)
+    r2 = subprocess.run([sys.executable, "-c", _READER, str(out)], capture_output=True, text=True,
+                        timeout=F.HANG_GUARD_S, cwd=tmp_path, env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     n, frames, *_ = r2.stdout.split()
     assert int(n) == meta["split_counts"]["train"] and int(frames) == 16
     assert "(64, 96, 3) uint8 (16, 3)" in r2.stdout
-    # Usage errors exit 2 and name the problem.
-    bad = subprocess.run([sys.executable, "-m", "ar1_jax.cli", "data", "synth", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert bad.returncode == 2 and "already holds a dataset (add --overwrite)" in bad.stderr
+    # Usage errors exit 2 and name the problem (in this process: a fresh one costs a jax import).
+    from ar1_jax import cli
+
+    capsys.readouterr()
+    assert cli.main(["data", "synth", "--out", str(out)]) == 2
+    assert "already holds a dataset (add --overwrite)" in capsys.readouterr().err
 
 
 def test_cli_synth_usage_errors(tmp_path, capsys):
@@ -189,13 +194,18 @@ def test_cli_synth_usage_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_synth_256_scenes_in_under_two_minutes(tmp_path):
-    import time
+    """Two minutes of the child's CPU time, not of wall time: a busy machine does not fail it."""
+    import resource
 
-    t0 = time.perf_counter()
+    def children_cpu_s():
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    t0 = children_cpu_s()
     r = subprocess.run([sys.executable, "-m", "ar1_jax.cli", "data", "synth", "--out", str(tmp_path / "d"),
-                        "--num-scenes", "256", "--seed", "0"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    seconds = time.perf_counter() - t0
+                        "--num-scenes", "256", "--seed", "0"], capture_output=True, text=True,
+                       timeout=F.HANG_GUARD_S, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    seconds = children_cpu_s() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     assert seconds < 120, seconds
     assert json.loads((tmp_path / "d" / "metadata.json").read_text())["num_scenes"] == 256

@@ -1,4 +1,10 @@
-"""Run under 8 fake CPU devices (see test_sharded_forward.py): one-device vs fsdp=4 x tensor=2."""
+"""Run under 8 fake CPU devices by test_sharded_forward.py, every check in this one process (each
+fresh process re-imports jax and recompiles): per backbone config, the forward, generation and a
+streamed checkpoint load on one device vs fsdp=4 x tensor=2; then the compiled (never run) sharded
+init of a real-size config (sharded_init_memory_check.py). Prints one JSON line.
+
+    python sharded_forward_check.py SEED INIT_MEMORY_CONFIG NAME [NAME ...]
+"""
 
 import json
 import sys
@@ -12,13 +18,15 @@ from ar1_jax.convert import hf
 from ar1_jax.model.vlm import build_model
 from ar1_jax.parallel.mesh import make_mesh
 
+import sharded_init_memory_check  # beside this file
+
 
 def _normalise(spec, ndim):
     parts = list(spec) + [None] * (ndim - len(spec))
     return tuple(p if not (isinstance(p, tuple) and len(p) == 1) else p[0] for p in parts)
 
 
-def main(name: str, seed: int):
+def forward_report(name: str, seed: int) -> dict:
     assert jax.device_count() == 8, jax.device_count()
     cfg = get_config(name).model
     mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
@@ -71,14 +79,19 @@ def main(name: str, seed: int):
         loaded = hf.load(d, mesh=mesh)
         loaded_logits = np.asarray(loaded(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask))
         loaded_spec = _normalise(loaded.pure_params["text"]["layers"]["mlp"]["down_kernel"].sharding.spec, 3)
-    print(json.dumps(dict(
+    return dict(
         rel=rel, specs={k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in specs.items()},
         shard_shapes=shard_shapes, full_shapes=full_shapes, logits_sharding=str(out.sharding.spec),
         gen_equal=bool((gen_single == gen_sharded).all()),
         loaded_rel=float(np.abs(loaded_logits - ref)[valid].max() / np.abs(ref[valid]).max()),
         loaded_spec=[list(x) if isinstance(x, tuple) else x for x in loaded_spec],
-    )))
+    )
+
+
+def main(seed: int, init_memory_config: str, names: list[str]):
+    print(json.dumps(dict(forward={name: forward_report(name, seed) for name in names},
+                          init_memory=sharded_init_memory_check.report(init_memory_config))))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3:])

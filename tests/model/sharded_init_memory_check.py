@@ -1,5 +1,6 @@
 """Run under 8 fake CPU devices: compile (never run) the sharded init of a real-size config and
-report XLA's per-device memory figures as JSON."""
+report XLA's per-device memory figures as JSON (`report`; sharded_forward_check.py calls it in its
+process, or run this file alone: `python sharded_init_memory_check.py qwen2_5_vl_7b`)."""
 
 import json
 import sys
@@ -14,7 +15,7 @@ from ar1_jax.parallel.init import sharded_init_fn
 from ar1_jax.parallel.mesh import make_mesh
 
 
-def main(name: str):
+def report(name: str) -> dict:
     cfg = get_config(name).model
     mesh = make_mesh(MeshConfig(data=1, fsdp=8, tensor=1))
     make = lambda: VLM(cfg, rngs=nnx.Rngs(0))
@@ -25,8 +26,8 @@ def main(name: str):
         _, init = sharded_init_fn(make, m)
         mem = init.lower().compile().memory_analysis()
         out[label] = dict(output_bytes=int(mem.output_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes))
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    print(json.dumps(report(sys.argv[1])))

