@@ -114,12 +114,12 @@ def sft_stage(dataset_dir: pathlib.Path, workdir: pathlib.Path, seed: int, *, sa
     """Trains ar1_tiny for `DEMO_SFT_STEPS` steps on `dataset_dir` in `workdir`, plots the loss;
     returns the loss summary."""
     from ar1_jax.eval import viz
-    from ar1_jax.train import startup
+    from ar1_jax.train import sft
 
     cfg = get_config("ar1_tiny", [f"data.dataset_dir={dataset_dir}", f"train.steps={DEMO_SFT_STEPS}",
                                   "train.checkpoint_every=1000", f"seed={seed}"])
     t0 = time.perf_counter()
-    result = startup.run(cfg, workdir, progress=sys.stderr.isatty())
+    result = sft.run(cfg, workdir, progress=sys.stderr.isatty())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.plot_training_curves(workdir / "loss.png", rows,
                              title=f"SFT of {cfg.name} on {DEMO_SCENES} synthetic scenes")

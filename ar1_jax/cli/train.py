@@ -110,18 +110,18 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"device(s), mesh data={m.data} fsdp={m.fsdp} tensor={m.tensor} ({m.rules}), global batch "
               f"{cfg.data.batch_size} x {cfg.train.grad_accum} micro-batches, {cfg.train.steps} steps -> {workdir}",
               flush=True)
-    return _run(startup, cfg, workdir, args)
+    return _run(cfg, workdir, args)
 
 
-def _run(startup, cfg, workdir: pathlib.Path, args: argparse.Namespace) -> int:
+def _run(cfg, workdir: pathlib.Path, args: argparse.Namespace) -> int:
     import jax
 
     from ar1_jax.config import ConfigError
     from ar1_jax.train import checkpoint as ckpt_lib
-    from ar1_jax.train import driver
+    from ar1_jax.train import driver, sft
 
     try:
-        result = startup.run(cfg, workdir, progress=not args.no_progress, max_steps=args.stop_after,
+        result = sft.run(cfg, workdir, progress=not args.no_progress, max_steps=args.stop_after,
                              from_step=args.from_step)
     except (ConfigError, ValueError, FileNotFoundError, ckpt_lib.DamagedCheckpoint) as e:
         # ValueError includes a bad record (BadRecordError) and another model's checkpoint (CheckpointMismatch).

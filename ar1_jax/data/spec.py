@@ -183,20 +183,18 @@ class BatchSpec:
         `shared[path]`: the shared field's arrays (or ShapeDtypeStructs); optional fields left out of
         `shared` are omitted."""
         import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
 
-        from ar1_jax.parallel.rules import activation_spec
-
+        shardings = self.shardings(mesh, rules, shared)
         out: dict = {}
         shared = shared or {}
         for path, field in self.fields.items():
+            sharding = _get(shardings, path)
             if field.shared:
                 if path in shared:
-                    _set(out, path, jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-                        np.shape(x), x.dtype, sharding=NamedSharding(mesh, P())), shared[path]))
+                    _set(out, path, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                                                 shared[path], sharding))
                 continue
             shape = tuple(dims[d] if isinstance(d, str) else d for d in field.shape)
-            sharding = NamedSharding(mesh, activation_spec(field.axes, mesh, rules))
             _set(out, path, jax.ShapeDtypeStruct(shape, np.dtype(field.dtype), sharding=sharding))
         return out
 

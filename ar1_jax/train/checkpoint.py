@@ -43,6 +43,10 @@ class DamagedCheckpoint(RuntimeError):
     """A checkpoint step whose files cannot be read (truncated, overwritten, half-written by hand)."""
 
 
+class UnreadableMeta(CheckpointMismatch):
+    """A step directory without a readable `meta` item: damaged, or not written by `ar1 train`."""
+
+
 def config_json(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
@@ -139,7 +143,7 @@ class Checkpointer:
         try:
             meta = self.meta(step)
         except Exception as e:  # noqa: BLE001 - any unreadable meta is a foreign checkpoint
-            raise CheckpointMismatch(f"{where}: no readable `meta` item ({type(e).__name__}: {e}); not a checkpoint "
+            raise UnreadableMeta(f"{where}: no readable `meta` item ({type(e).__name__}: {e}); not a checkpoint "
                                      f"written by `ar1 train`") from e
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointMismatch(f"{where}: format version {meta.get('format_version')}, expected "
@@ -190,10 +194,10 @@ class Checkpointer:
         for step in steps:
             try:
                 out = self.restore(step, abstract_state)
-            except CheckpointMismatch as e:
-                if "no readable `meta`" not in str(e):
-                    raise
+            except UnreadableMeta as e:
                 err: Exception = e
+            except CheckpointMismatch:  # another model's checkpoint: not damage
+                raise
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/JSON errors of unreadable files
                 err = e
             else:

@@ -105,8 +105,6 @@ def run(cfg: Config, workdir: str | pathlib.Path, task: Task, *, mesh=None, prog
     tc = cfg.train
     mesh = mesh if mesh is not None else make_mesh(cfg.mesh)
     check_batch_divisibility(cfg, mesh)
-    if task.check is not None:
-        task.check(mesh)
     lead = jax.process_index() == 0
 
     trainer = Trainer(cfg, mesh, loss_fn=task.loss_fn, spec=task.spec)

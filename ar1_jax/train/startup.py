@@ -3,13 +3,13 @@
     cfg = startup.resolve_config("ar1_tiny", stage="sft1", overrides=["train.steps=60"])
     cfg = startup.ensure_dataset(cfg, "runs/tiny/data", num_scenes=256)  # data.dataset_dir unset: synthesise
     changes = startup.config_changes("runs/tiny", cfg)  # vs. the run's saved config.json, if any
-    result = startup.run(cfg, "runs/tiny")
+    result = sft.run(cfg, "runs/tiny")   # ar1_jax.train.sft: the driver running SFT
 
 `resolve_config` applies the named config (or .py file), then the SFT stage preset, then the
 overrides. `ensure_dataset` writes synthetic scenes once when `data.dataset_dir` is unset (a rerun
 finds them) and points the config there; call it before `config_changes`, so a rerun compares the
-config it trained with. `run` is the one place that hands a prepared config to the training driver
-(SFT as its task; the tokenizer defaults to ours, cached in the run directory).
+config it trained with. `ar1_jax.train.sft.run` then trains the prepared config (the driver with SFT
+as its task; the tokenizer defaults to ours, cached in the run directory).
 """
 
 from __future__ import annotations
@@ -78,16 +78,3 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
 
-
-def run(cfg: Config, workdir: str | pathlib.Path, *, tokenizer=None, mesh=None, progress: bool = True,
-        max_steps: int | None = None, from_step: int | None = None, loss_fn=None):
-    """Trains `cfg` (prepared: `data.dataset_dir` set) in `workdir`: the driver running SFT.
-
-    Resumes from the run's checkpoints (`from_step`: that step exactly); `max_steps` stops after that
-    many steps of this call, with a checkpoint; `loss_fn` replaces the SFT loss (tests). Returns the
-    driver's RunResult (step, reason, last_metrics, checkpoint_step)."""
-    from ar1_jax.train import sft
-
-    extra = {} if loss_fn is None else {"loss_fn": loss_fn}
-    return sft.run(cfg, workdir, tokenizer=tokenizer, mesh=mesh, progress=progress, max_steps=max_steps,
-                   from_step=from_step, **extra)

@@ -16,7 +16,7 @@ whose batch source makes batches by rolling out the current policy.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import jax
 
@@ -55,6 +55,3 @@ class Task:
     spec: BatchSpec
     open_batches: Callable[[jax.sharding.Mesh], BatchSource]
     step_flops: Callable[[dict], float | None] = _no_flops
-    # Checked once the mesh is known, before anything is built (e.g. batch divisibility); may raise
-    # ConfigError naming the field.
-    check: Callable[[Any], None] | None = None
