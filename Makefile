@@ -35,11 +35,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP_BASE): pyproject.toml | $(PY)
-	$(PIP) install -q -e .
+	$(PIP) install -q --no-compile -e .
 	touch $@
 
 # torch==2.13.0 is pinned in the `parity` extra (a local CPU wheel); test + parity is a superset
 # of the base install, so it refreshes the base stamp too.
 $(STAMP_TEST): pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[test,parity]'
+	$(PIP) install -q --no-compile -e '.[test,parity]'
 	touch $@ $(STAMP_BASE)

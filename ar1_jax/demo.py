@@ -32,9 +32,13 @@ class DemoFailed(RuntimeError):
     """A stage ran and produced something wrong (a shape, a non-finite value)."""
 
 
-def run(cfg: Config, out: str | pathlib.Path, seed: int | None = None, *, say: Say = _say) -> dict[str, Any]:
+def run(cfg: Config, out: str | pathlib.Path, seed: int | None = None, *, scenes: int = DEMO_SCENES,
+        sft_steps: int = DEMO_SFT_STEPS, say: Say = _say) -> dict[str, Any]:
     """Runs every stage into `out` and writes `out/demo_metrics.json`; returns those metrics, whose
-    `stages` maps each stage to "ok" or "not yet available". `seed` defaults to the config's."""
+    `stages` maps each stage to "ok" or "not yet available". `seed` defaults to the config's;
+    `scenes` synthetic scenes are written and ar1_tiny trains on them for `sft_steps` steps."""
+    if scenes < 4 or sft_steps < 1:
+        raise ConfigError(f"demo: expected at least 4 scenes (one batch) and 1 SFT step, got {scenes} and {sft_steps}")
     out = pathlib.Path(out)
     seed = cfg.seed if seed is None else seed
     metrics: dict[str, Any] = {"stages": {}}
@@ -55,12 +59,12 @@ def run(cfg: Config, out: str | pathlib.Path, seed: int | None = None, *, say: S
     metrics["infer"] = infer_stage(out / "infer", seed, say=say)
     metrics["stages"]["infer"] = "ok"
 
-    say(f"[3/{STAGES}] synthetic data: {DEMO_SCENES} long-tail scenes -> TFDS (array_record)")
-    metrics["data"] = data_stage(out / "data", seed, say=say)
+    say(f"[3/{STAGES}] synthetic data: {scenes} long-tail scenes -> TFDS (array_record)")
+    metrics["data"] = data_stage(out / "data", seed, scenes, say=say)
     metrics["stages"]["data"] = "ok"
 
-    say(f"[4/{STAGES}] SFT: ar1_tiny on those scenes, {DEMO_SFT_STEPS} steps (`ar1 train`), metrics and a loss plot")
-    metrics["sft"] = sft_stage(out / "data", out / "sft", seed, say=say)
+    say(f"[4/{STAGES}] SFT: ar1_tiny on those scenes, {sft_steps} steps (`ar1 train`), metrics and a loss plot")
+    metrics["sft"] = sft_stage(out / "data", out / "sft", seed, sft_steps, say=say)
     metrics["stages"]["sft"] = "ok"
 
     for i, (key, title) in enumerate((("rl", "RL"), ("eval", "eval")), start=5):
@@ -93,36 +97,37 @@ def infer_stage(out: pathlib.Path, seed: int, *, say: Say = _say) -> dict[str, A
     return {"timing": record["timing"], "num_samples": len(record["samples"])}
 
 
-def data_stage(out: pathlib.Path, seed: int, *, say: Say = _say) -> dict[str, Any]:
-    """`DEMO_SCENES` synthetic scenes of ar1_tiny written to `out`, with the constant-velocity ADE."""
+def data_stage(out: pathlib.Path, seed: int, scenes: int = DEMO_SCENES, *, say: Say = _say) -> dict[str, Any]:
+    """`scenes` synthetic scenes of ar1_tiny written to `out`, with the constant-velocity ADE."""
     import numpy as np
 
     from ar1_jax.data import synthetic, tfds_builder
     from ar1_jax.eval.scoring import constant_velocity_ade
 
     t0 = time.perf_counter()
-    records = list(synthetic.generate_records(DEMO_SCENES, seed, get_config("ar1_tiny")))
+    records = list(synthetic.generate_records(scenes, seed, get_config("ar1_tiny")))
     tfds_builder.write_dataset(out, iter(records), len(records), overwrite=True, progress=False)
     families = sorted({str(r["family"]) for r in records})
     cv_ade = float(np.mean([constant_velocity_ade(r["future_xyz"], float(r["v0"])) for r in records]))
     say(f"      wrote {out} in {time.perf_counter() - t0:.1f} s: {len(families)} families "
         f"({', '.join(families)}); constant-velocity baseline ADE {cv_ade:.2f} m")
-    return {"num_scenes": DEMO_SCENES, "families": families, "cv_ade_m": round(cv_ade, 3)}
+    return {"num_scenes": scenes, "families": families, "cv_ade_m": round(cv_ade, 3)}
 
 
-def sft_stage(dataset_dir: pathlib.Path, workdir: pathlib.Path, seed: int, *, say: Say = _say) -> dict[str, Any]:
-    """Trains ar1_tiny for `DEMO_SFT_STEPS` steps on `dataset_dir` in `workdir`, plots the loss;
+def sft_stage(dataset_dir: pathlib.Path, workdir: pathlib.Path, seed: int, steps: int = DEMO_SFT_STEPS, *,
+              say: Say = _say) -> dict[str, Any]:
+    """Trains ar1_tiny for `steps` steps on `dataset_dir` in `workdir`, plots the loss;
     returns the loss summary."""
     from ar1_jax.eval import viz
     from ar1_jax.train import sft
 
-    cfg = get_config("ar1_tiny", [f"data.dataset_dir={dataset_dir}", f"train.steps={DEMO_SFT_STEPS}",
+    cfg = get_config("ar1_tiny", [f"data.dataset_dir={dataset_dir}", f"train.steps={steps}",
                                   "train.checkpoint_every=1000", f"seed={seed}"])
     t0 = time.perf_counter()
     result = sft.run(cfg, workdir, progress=sys.stderr.isatty())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     viz.plot_training_curves(workdir / "loss.png", rows,
-                             title=f"SFT of {cfg.name} on {DEMO_SCENES} synthetic scenes")
+                             title=f"SFT of {cfg.name} on synthetic scenes")
     first, last = rows[0], rows[-1]
     say(f"      loss {first['loss']:.2f} -> {last['loss']:.2f} (reasoning CE {first['ce_reasoning']:.2f} -> "
         f"{last['ce_reasoning']:.2f}, trajectory-token CE {first['ce_trajectory']:.2f} -> "

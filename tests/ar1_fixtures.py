@@ -78,6 +78,18 @@ def communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     return logs
 
 
+def fake_devices_env(devices: int | None, **extra: str) -> dict:
+    """This process's environment for a subprocess with `devices` fake CPU devices (None: XLA's one):
+    the test run's XLA flags (tests/conftest.py) plus the device count, and `extra` variables."""
+    import os
+
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    if devices is not None:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), **extra)
+
+
 # Subprocess waits are hang guards only: a loaded 2-core machine can take minutes to compile, so no
 # test may depend on a subprocess being done (or having got somewhere) within a tight wall-clock bound.
 HANG_GUARD_S = 1800

@@ -12,6 +12,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # and train step, and a fresh compile of it costs seconds on 2 cores. Executables are keyed by the
 # program, its shardings and devices and the jaxlib version, so a hit is the same program. Set
 # JAX_COMPILATION_CACHE_DIR yourself to put it elsewhere (or to an empty value to turn it off).
+# XLA:CPU compile flags for the tests: no LLVM optimisation and the classic (non-MLIR) fusion
+# emitters. The tiny models' run time is dominated by compiling, and these cut an ar1_tiny train
+# step's compile from ~15 s to ~3 s on 2 cores (numbers stay within every test's tolerance; bitwise
+# comparisons compare programs compiled the same way). Set AR1_TEST_XLA_FLAGS="" to test with XLA's
+# defaults. Subprocesses inherit them (`ar1_fixtures.fake_devices_env` adds a device count).
+TEST_XLA_FLAGS = os.environ.get("AR1_TEST_XLA_FLAGS",
+                                "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+_present = os.environ.get("XLA_FLAGS", "").split()
+os.environ["XLA_FLAGS"] = " ".join(_present + [f for f in TEST_XLA_FLAGS.split() if f not in _present])
+
 _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
@@ -37,3 +47,17 @@ def pytest_collection_modifyitems(config, items):
         warnings.warn(pytest.PytestWarning(
             f"--dist loadgroup ignores xdist_group with this pytest/pytest-xdist pair ({len(lost)} tests, e.g. "
             f"{lost[0]}): shared fixtures run once per worker. pytest<9.2 keeps the groups (pytest-xdist#1386)."))
+    # Longest first: workers take scopes (a group, or one test) in collection order, so a minutes-long
+    # group collected last would leave the other worker idle at the end. Every worker sorts alike.
+    items.sort(key=lambda item: _group_rank(item.get_closest_marker("xdist_group")))
+
+
+# The groups by their measured cost on 2 cores, longest first; other groups, then single tests, follow.
+_LONGEST_FIRST = ("train_cli", "sharded_training", "rl_run", "demo", "sharded_forward", "test_pipeline")
+
+
+def _group_rank(mark) -> int:
+    if mark is None:
+        return len(_LONGEST_FIRST) + 1
+    name = mark.args[0] if mark.args else mark.kwargs.get("name")
+    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)

@@ -263,8 +263,7 @@ _SCRIPT = textwrap.dedent('''
 def eight():
     import ar1_fixtures as F  # here, not at the top: the subprocess imports this module for `Toy`
 
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env = F.fake_devices_env(8)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     add_config_args(p, default="tiny")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (default: out/demo)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
+    p.add_argument("--scenes", type=int, default=None, metavar="N", help="synthetic scenes to write and train on "
+                   "(default: 32)")
+    p.add_argument("--sft-steps", type=int, default=None, metavar="N", help="SFT steps of ar1_tiny (default: 40)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -28,7 +31,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
-        metrics = demo.run(cfg, args.out, args.seed)
+        sizes = {k: v for k, v in (("scenes", args.scenes), ("sft_steps", args.sft_steps)) if v is not None}
+        metrics = demo.run(cfg, args.out, args.seed, **sizes)
     except ConfigError as e:
         raise CLIError(str(e)) from None
     except demo.DemoFailed as e:

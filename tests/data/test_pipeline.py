@@ -1,7 +1,6 @@
 """ar1_jax/data/pipeline.py: TFDS directory -> grain -> global SFT batches; sharding, resume, bad input."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -158,7 +157,7 @@ def test_global_batches_on_8_devices_are_sharded_by_batch(env, tmp_path):
     out = tmp_path / "report.json"
     r = subprocess.run([sys.executable, str(WORKER), "sharded", str(env["data"]), str(env["tok_dir"]), str(out)],
                        capture_output=True, text=True, timeout=F.HANG_GUARD_S,
-                       env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=ROOT)
+                       env=F.fake_devices_env(8), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-4000:]
     rep = json.loads(out.read_text())
     assert rep["device_count"] == 8 and rep["rows_match"] and len(set(rep["scene_ids"])) == 8

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+import ar1_fixtures as F
+
 from ar1_jax.config import get_config
 from ar1_jax.infer import scene as scene_lib
 
@@ -14,7 +16,7 @@ from ar1_jax.infer import scene as scene_lib
 def _infer(tmp_path, name, *args):
     out = tmp_path / name
     proc = subprocess.run([sys.executable, "-m", "ar1_jax.cli", "infer", "--config", "ar1_tiny", "--out", str(out),
-                           "--samples", "2", *args], capture_output=True, text=True, timeout=600)
+                           "--samples", "2", *args], capture_output=True, text=True, timeout=F.HANG_GUARD_S)
     return proc, out
 
 

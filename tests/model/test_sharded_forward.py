@@ -3,7 +3,6 @@ and a real-size sharded init that never materialises the model on one device. On
 runs every check (a fresh process re-imports jax and recompiles), once per module."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.xdist_group("sharded_forward")
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = F.fake_devices_env(8, JAX_PLATFORMS="cpu")
     seed = int(np.random.default_rng().integers(1000))
     proc = subprocess.run([sys.executable, str(HERE / "sharded_forward_check.py"), str(seed), INIT_MEMORY_CONFIG,
                            *NAMES], capture_output=True, text=True, env=env, timeout=F.HANG_GUARD_S)

@@ -6,7 +6,6 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 (set before jax is imported t
 
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -26,7 +25,7 @@ HERE = pathlib.Path(__file__).parent
 
 
 def worker(*args, devices=8, timeout=F.HANG_GUARD_S) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = F.fake_devices_env(devices, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(HERE / "memory_worker.py"), *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]

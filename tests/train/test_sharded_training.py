@@ -2,7 +2,6 @@
 meshes; two gloo processes running `ar1 train` agree with one process on the same global batches."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -20,9 +19,8 @@ ROOT = HERE.parents[1]
 WORKER = HERE / "train_worker.py"
 
 
-def _run(args, devices, timeout=F.HANG_GUARD_S, env=None):
-    env = dict(os.environ if env is None else env)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+def _run(args, devices, timeout=F.HANG_GUARD_S):
+    env = F.fake_devices_env(devices)
     out = subprocess.run([sys.executable, str(WORKER), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                          env=env, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
@@ -86,8 +84,8 @@ def _two_processes(env, workdir, *sets):
         args += ["--set", item]
     procs = []
     for i in range(2):
-        penv = dict(os.environ, AR1_COORDINATOR=f"localhost:{port}", AR1_NUM_PROCESSES="2", AR1_PROCESS_ID=str(i))
-        penv.pop("XLA_FLAGS", None)
+        penv = F.fake_devices_env(None, AR1_COORDINATOR=f"localhost:{port}", AR1_NUM_PROCESSES="2",
+                                  AR1_PROCESS_ID=str(i))
         procs.append(subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, cwd=ROOT, env=penv))
     return procs
