@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ar1_jax.config_data import DataConfig, SceneConfig, SynthConfig  # sections defined there
+from ar1_jax.config_rl import RLConfig  # the rl section (its reward weights: config_rl.RewardConfig)
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "auto")
@@ -403,6 +404,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     seed: int = 0
 
     @property
@@ -416,6 +418,7 @@ class Config:
         self.train.validate("train")
         self.data.validate("data")
         self.synth.validate("synth")
+        self.rl.validate("rl")
         self.action.validate("action")
         self.expert.validate(self.model.text, "expert")
         if self.is_vla:
@@ -451,9 +454,7 @@ def _check(ok: bool, field_path: str, expected: str, got: Any) -> None:
         raise ConfigError(f"config field `{field_path}`: expected {expected}, got {got!r}")
 
 
-# ----------------------------------------------------------------------------------------------------
 # Named configs.
-
 
 def available_configs() -> list[str]:
     """Names of the configs shipped in `configs/`."""

@@ -8,7 +8,7 @@ import types
 
 # Where each missing piece arrives; one place so that messages stay consistent.
 ARRIVES_WITH = {
-    "rl": "a later issue: RL with GRPO",
+    "rl": "the full demo (RL itself runs with `ar1 rl`)",
     "eval": "a later issue: evaluation metrics and closed-loop simulator",
     "kernels_bench": "the kernels benchmark, ar1_jax.bench.kernels",
     "compile_bench": "the compile-time benchmark, ar1_jax.bench.compile_time",

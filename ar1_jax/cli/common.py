@@ -74,3 +74,25 @@ def print_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         return EXIT_USAGE
 
     return handler
+
+
+def note_config_changes(workdir: pathlib.Path, cfg) -> None:
+    """Says on stderr which fields differ from the run's saved config.json (a rerun with other flags)."""
+    from ar1_jax.train import startup
+
+    changes = startup.config_changes(workdir, cfg)
+    if changes:
+        print(f"note: config differs from the run's saved {workdir / 'config.json'} in: {'; '.join(changes)}",
+              file=sys.stderr)
+
+
+def run_outcome(result, workdir: pathlib.Path, metric: str, label: str) -> int:
+    """Prints how a driver run (`train.driver.RunResult`) ended, with its last `metric` as `label`, and
+    returns the exit code: 143 preempted (SIGTERM), 130 interrupted, else 0."""
+    last = result.last_metrics
+    value = f", {label} {last[metric]:.4f}" if last.get(metric) is not None else ""
+    print(f"{result.reason} at step {result.step}{value}; latest checkpoint: step {result.checkpoint_step} in "
+          f"{workdir / 'checkpoints'}; metrics: {workdir / 'metrics.jsonl'}")
+    if result.reason in ("preempted", "interrupted", "stopped"):
+        print("rerun the same command to continue", flush=True)
+    return 128 + 15 if result.reason == "preempted" else (130 if result.reason == "interrupted" else EXIT_OK)

@@ -10,7 +10,7 @@ import pathlib
 import sys
 from typing import Callable, Sequence
 
-from ar1_jax.cli import bench, convert, data, demo, infer, train
+from ar1_jax.cli import bench, convert, data, demo, infer, rl, train
 from ar1_jax.cli.common import (ARRIVES_WITH, EXIT_NOT_AVAILABLE, EXIT_OK, CLIError, Formatter, NotAvailable,
                                 add_config_args, load_config, print_help, sub)
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     data.register(subparsers)
     train.register(subparsers)
+    rl.register(subparsers)
     _register_not_yet(subparsers)
     infer.register(subparsers)
     bench.register(subparsers)
@@ -60,9 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 NOT_YET = {  # command: (summary, description, --out help)
-    "rl": ("Reinforcement learning (GRPO) after SFT.",
-           "Samples groups of reasoning traces and trajectories, scores them (reasoning quality,\n"
-           "reasoning-action consistency, trajectory quality) and applies GRPO updates.", "run directory"),
     "eval": ("Evaluate a checkpoint open loop (minADE) and closed loop.",
              "Open-loop trajectory metrics, reasoning metrics and a closed-loop kinematic simulator,\n"
              "with plots.", "where to write metrics and plots"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
-from ar1_jax.cli.common import EXIT_FAILED, EXIT_OK, CLIError, add_config_args, sub
+from ar1_jax.cli.common import EXIT_FAILED, EXIT_OK, CLIError, add_config_args, note_config_changes, run_outcome, sub
 
 
 def register(subparsers) -> None:
@@ -100,10 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:  # a multi-process run without data; DIR/data not a dataset
         raise CLIError(str(e)) from None
     if lead:
-        changes = startup.config_changes(workdir, cfg)
-        if changes:
-            print(f"note: config differs from the run's saved {workdir / 'config.json'} in: {'; '.join(changes)}",
-                  file=sys.stderr)
+        note_config_changes(workdir, cfg)
         m = cfg.mesh
         print(f"ar1 train: config {cfg.name}{f' stage {cfg.train.stage}' if cfg.train.stage else ''}, "
               f"{jax.process_count()} process(es) ({mode}), {jax.device_count()} {jax.devices()[0].platform} "
@@ -129,10 +125,5 @@ def _run(cfg, workdir: pathlib.Path, args: argparse.Namespace) -> int:
     except driver.TrainingDiverged as e:
         raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
     if jax.process_index() == 0:
-        last = result.last_metrics
-        loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
-        print(f"{result.reason} at step {result.step}{loss}; latest checkpoint: step {result.checkpoint_step} in "
-              f"{workdir / 'checkpoints'}; metrics: {workdir / 'metrics.jsonl'}")
-        if result.reason in ("preempted", "interrupted", "stopped"):
-            print("rerun the same command to continue", flush=True)
+        return run_outcome(result, workdir, "loss", "loss")
     return 128 + 15 if result.reason == "preempted" else (130 if result.reason == "interrupted" else EXIT_OK)

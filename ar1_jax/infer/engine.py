@@ -53,18 +53,22 @@ class InferenceResult:
 class Engine:
     """Holds an AR1 config + parameters and runs scenes through the compiled stages."""
 
-    def __init__(self, cfg: Config, params: dict, tokenizer=None):
+    def __init__(self, cfg: Config, params: dict | None, tokenizer=None, *, reserve_slots: int = 0):
+        """`params` are what `run` uses (None: pass them to the stages yourself); `reserve_slots`: cache
+        slots kept free after the reasoning budget (RL feeds trajectory tokens there)."""
         if not cfg.is_vla:
             raise ValueError(f"config {cfg.name!r} has no action expert")
         self.cfg = cfg
         self.params = params
         self.tokenizer = tokenizer
         self.dtype = dtype_of(cfg.model.dtype)
-        self._vision = jax.jit(self._vision_impl)
-        self._prefill = jax.jit(self._prefill_impl)
-        self._decode = jax.jit(self._decode_impl, static_argnames=("num_samples",))
-        self._denoise = jax.jit(self._denoise_impl)
-        self._trajectory = jax.jit(self._trajectory_impl)
+        self.reserve_slots = int(reserve_slots)
+        # The compiled stages, each a function of the parameters (a new policy never recompiles).
+        self.vision = jax.jit(self._vision_impl)
+        self.prefill = jax.jit(self._prefill_impl)
+        self.decode = jax.jit(self._decode_impl, static_argnames=("num_samples",))
+        self.denoise = jax.jit(self._denoise_impl)
+        self.trajectory = jax.jit(self._trajectory_impl)
 
     # ---- compiled stages -------------------------------------------------------------------------
     def _vision_impl(self, params, media):
@@ -73,7 +77,7 @@ class Engine:
 
     def _prefill_impl(self, params, input_ids, positions, kv_valid, encoded, next_position):
         return prefill(params, self.cfg.model, input_ids, positions, kv_valid, next_position,
-                       extra_slots=self.cfg.infer.max_reasoning_tokens, encoded=encoded)
+                       extra_slots=self.cfg.infer.max_reasoning_tokens + self.reserve_slots, encoded=encoded)
 
     def _decode_impl(self, params, cache, last_logits, key, *, num_samples):
         cfg, ic, tk = self.cfg, self.cfg.infer, self.cfg.tokens
@@ -123,14 +127,15 @@ class Engine:
             return out
 
         t_start = time.perf_counter()
-        encoded = timed("vision", self._vision, self.params, x["media"])
-        last_logits, cache = timed("prefill", self._prefill, self.params, x["input_ids"], x["positions"],
+        encoded = timed("vision", self.vision, self.params, x["media"])
+        last_logits, cache = timed("prefill", self.prefill, self.params, x["input_ids"], x["positions"],
                                    x["kv_valid"], encoded, x["next_position"])
-        tokens, steps, fs_slot, fs_pos, forced, cache = timed("decode", self._decode, self.params, cache, last_logits,
-                                                              key_decode, num_samples=k)
-        controls_norm = timed("denoise", self._denoise, self.params, cache, fs_slot, fs_pos, key_noise)
+        dec = timed("decode", self.decode, self.params, cache, last_logits, key_decode, num_samples=k)
+        tokens, steps, forced = dec.tokens, dec.steps, dec.forced
+        controls_norm = timed("denoise", self.denoise, self.params, dec.cache, dec.stop_slot, dec.stop_position,
+                              key_noise)
         v0 = jnp.repeat(jnp.broadcast_to(jnp.asarray(v0, jnp.float32), (b,)), k)
-        xy, controls = timed("trajectory", self._trajectory, controls_norm, v0)
+        xy, controls = timed("trajectory", self.trajectory, controls_norm, v0)
         timing["total"] = time.perf_counter() - t_start
         steps = int(steps)
         timing["decode_steps"] = steps
@@ -165,6 +170,5 @@ class Engine:
 
     def compiled_counts(self) -> dict[str, int]:
         """How many programs each stage has compiled (a new bucket adds one; a new scene must not)."""
-        return {name: fn._cache_size() for name, fn in (("vision", self._vision), ("prefill", self._prefill),
-                                                       ("decode", self._decode), ("denoise", self._denoise),
-                                                       ("trajectory", self._trajectory))}
+        return {name: getattr(self, name)._cache_size() for name in ("vision", "prefill", "decode", "denoise",
+                                                                     "trajectory")}

@@ -26,6 +26,21 @@ def ban_range(logits, start: int, stop: int):
     return jnp.where((ids >= start) & (ids < stop), -jnp.inf, logits)
 
 
+def allow_range(logits, start: int, stop: int):
+    """Sets logits of ids outside [start, stop) to -inf (RL draws trajectory tokens from their range only)."""
+    ids = jnp.arange(logits.shape[-1])
+    return jnp.where((ids >= start) & (ids < stop), logits, -jnp.inf)
+
+
+def drawn_logp(logits, tokens, temperature: float):
+    """log-prob `[N]` of `tokens [N]` under softmax(logits / temperature) (before any top-p cut: the
+    distribution a policy-gradient ratio compares against); 0 for greedy decoding."""
+    if temperature == 0.0:
+        return jnp.zeros(tokens.shape, jnp.float32)
+    x = logits.astype(jnp.float32) / temperature
+    return jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(x, axis=-1)
+
+
 def sample(logits, key, *, temperature: float, top_p: float):
     """One id per row of `logits [N, V]`: argmax when temperature == 0, else a draw from the
     temperature-scaled distribution restricted to the smallest set of ids whose probability mass
@@ -54,6 +69,8 @@ class Decoded(NamedTuple):
     stop_position: int32 [N], the rotary position of that stop token.
     forced: bool [N], the stop token was forced at the last step (never drawn within the budget).
     cache: the cache after the last step.
+    logp: float32 [N, R], each token's log-prob under the temperature-scaled distribution it was drawn
+      from (after `ban` / `allow`, before top-p; `drawn_logp`); a forced stop token keeps the drawn one's.
     """
 
     tokens: jax.Array
@@ -62,10 +79,12 @@ class Decoded(NamedTuple):
     stop_position: jax.Array
     forced: jax.Array
     cache: KVCache
+    logp: jax.Array
 
 
 def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperature: float = 0.0,
-           top_p: float = 1.0, ban: tuple[int, int] | None = None, stop_id: int | None = None) -> Decoded:
+           top_p: float = 1.0, ban: tuple[int, int] | None = None, allow: tuple[int, int] | None = None,
+           stop_id: int | None = None) -> Decoded:
     """Decodes up to `max_tokens` tokens per row from the prefilled `cache` in a `lax.while_loop`.
 
     Args:
@@ -76,6 +95,7 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
       max_tokens: the budget R (static).
       temperature, top_p: see `sample` (temperature 0 = greedy).
       ban: an id range [start, stop) never drawn (AR1: the trajectory tokens while reasoning).
+      allow: the only id range [start, stop) drawn (RL: the future trajectory tokens).
       stop_id: with it, every drawn token is fed and the loop ends once every row has fed `stop_id`
         ("stop one token after": the stop token's KV is in the cache); a row that has not drawn it
         by the last step has it forced there. Without it, all R tokens are drawn and the last one is
@@ -89,13 +109,18 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
     def draw(logits, key):
         if ban is not None:
             logits = ban_range(logits, *ban)
-        return sample(logits, key, temperature=temperature, top_p=top_p)
+        if allow is not None:
+            logits = allow_range(logits, *allow)
+        tok = sample(logits, key, temperature=temperature, top_p=top_p)
+        return tok, drawn_logp(logits, tok, temperature)
 
     def split(key):
         return (None, None) if key is None else jax.random.split(key)
 
     key, sub = split(key)
-    state = dict(step=jnp.int32(0), token=draw(logits, sub), tokens=jnp.zeros((n, max_tokens), jnp.int32),
+    first, first_logp = draw(logits, sub)
+    state = dict(step=jnp.int32(0), token=first, token_logp=first_logp, tokens=jnp.zeros((n, max_tokens), jnp.int32),
+                 logp=jnp.zeros((n, max_tokens), jnp.float32),
                  cache=cache, stop_slot=jnp.full((n,), -1, jnp.int32), stop_position=jnp.zeros((n,), jnp.int32),
                  forced=jnp.zeros((n,), bool), key=key)
     num_fed = max_tokens if stop_id is not None else max_tokens - 1
@@ -116,9 +141,14 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
             forced = forced | must_force
         next_logits, c = step(tok, c)
         key, sub = split(s["key"])
-        return dict(step=s["step"] + 1, token=draw(next_logits, sub), tokens=s["tokens"].at[:, s["step"]].set(tok),
-                    cache=c, stop_slot=stop_slot, stop_position=stop_position, forced=forced, key=key)
+        nxt, nxt_logp = draw(next_logits, sub)
+        return dict(step=s["step"] + 1, token=nxt, token_logp=nxt_logp, tokens=s["tokens"].at[:, s["step"]].set(tok),
+                    logp=s["logp"].at[:, s["step"]].set(s["token_logp"]), cache=c, stop_slot=stop_slot,
+                    stop_position=stop_position, forced=forced, key=key)
 
     s = jax.lax.while_loop(cond, body, state)
-    tokens = s["tokens"] if stop_id is not None else s["tokens"].at[:, max_tokens - 1].set(s["token"])
-    return Decoded(tokens, s["step"], s["stop_slot"], s["stop_position"], s["forced"], s["cache"])
+    tokens, logp = s["tokens"], s["logp"]
+    if stop_id is None:
+        tokens = tokens.at[:, max_tokens - 1].set(s["token"])
+        logp = logp.at[:, max_tokens - 1].set(s["token_logp"])
+    return Decoded(tokens, s["step"], s["stop_slot"], s["stop_position"], s["forced"], s["cache"], logp)

@@ -140,6 +140,9 @@ def run(cfg: Config, workdir: str | pathlib.Path, task: Task, *, mesh=None, prog
     reason, last, step = "done", {}, start
     window_t0, window_steps = time.perf_counter(), 0
     pending: tuple[int, dict] | None = None  # metrics of the step in flight (checked one step later)
+    # A producer source (RL) samples each batch with the current parameters and reports host metrics.
+    set_policy = getattr(data, "set_policy", None)
+    source_metrics = getattr(data, "metrics", None)
 
     def check(step_done: int, mets: dict) -> dict:
         host = _host_metrics(mets)
@@ -154,6 +157,8 @@ def run(cfg: Config, workdir: str | pathlib.Path, task: Task, *, mesh=None, prog
     try:
         with _Preemption() as preempt:
             while step < end:
+                if set_policy is not None:
+                    set_policy(state["params"])
                 try:
                     batch = next(data)
                 except StopIteration:
@@ -175,6 +180,8 @@ def run(cfg: Config, workdir: str | pathlib.Path, task: Task, *, mesh=None, prog
                         row.update(tokens_per_s=last["tokens"] / seconds)
                     row.update(step_flops=flops, mfu=None if flops is None else
                                flops_lib.mfu(flops, seconds, mesh.size, peak))
+                    if source_metrics is not None:
+                        row.update(source_metrics())
                     if step == start + 1:
                         row["includes_compile"] = True
                     metrics_log.write(step, row)

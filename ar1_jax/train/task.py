@@ -42,6 +42,16 @@ class BatchSource(Protocol):
     def close(self) -> None: ...
 
 
+class PolicyBatchSource(BatchSource, Protocol):
+    """A producer source (RL): the driver hands it the current parameters before each batch (they are
+    donated to the step afterwards: copy what must outlive it) and logs its `metrics()` (host floats
+    of the last batch) with each metrics row."""
+
+    def set_policy(self, params: dict) -> None: ...
+
+    def metrics(self) -> dict: ...
+
+
 def _no_flops(batch: dict) -> float | None:
     return None
 

@@ -9,6 +9,8 @@ Modules, each with one job:
   families  the long-tail scenario families (`FAMILY_SPECS`), their frequencies, and `generate`
   render    cameras (`Camera`, `camera_set`) and `render`: images from any ego pose at any step
   geometry  jittable box overlap, distance to the road edge, lane of a point (with numpy twins)
+  arrays    a scene as fixed-shape padded arrays (`SceneArrays`) and jittable footprint checks
+            (collision, off-road) of an ego drive against it: what RL rewards and the simulator batch
 
 Units: metres, seconds, radians, m/s, m/s^2, 1/m. Two frames:
   world   the road frame a scene is built in: the ego's lane runs along +x with its centre on
