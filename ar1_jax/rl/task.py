@@ -120,7 +120,9 @@ class RolloutSource:
         rollout_s = time.perf_counter() - t0
         self._metrics = {"rollout_s": rollout_s, "update_s": update_s, "forced_frac": float(rollouts.forced.mean()),
                          "reasoning_tokens": float(rollouts.num_reasoning.mean()),
-                         "rollout_rows_per_s": len(kept) / rollout_s}
+                         "rollout_rows_per_s": len(kept) / rollout_s,
+                         "rollout_tokens_per_s": float(np.sum(rollouts.num_reasoning + 1) + rollouts.traj_ids.size)
+                         / rollout_s}
         self.step += 1
         self._handed_out = time.perf_counter()
         return batch
@@ -128,7 +130,9 @@ class RolloutSource:
     def metrics(self) -> dict:
         """Host metrics of the last batch: rollout_s (its rollouts, rewards and packing), update_s (the
         update before it, from hand-out to its parameters being ready; None for the first), forced_frac
-        (rows whose `<|traj_future_start|>` was forced), reasoning_tokens (mean), rollout_rows_per_s."""
+        (rows whose `<|traj_future_start|>` was forced), reasoning_tokens (mean), rollout_rows_per_s and
+        rollout_tokens_per_s (reasoning, `<|traj_future_start|>` and trajectory tokens drawn, per second
+        of rollout_s, which includes scoring and packing)."""
         return dict(self._metrics)
 
     def get_state(self) -> dict:

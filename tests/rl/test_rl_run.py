@@ -111,7 +111,7 @@ def test_ar1_rl_logs_every_metric_and_resumes_exactly(tmp_path, capsys):
     rows = _rows(tmp_path / "a")
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("reward/total", "reward/consistency", "reward/trajectory", "consistency_rate", "kl", "clip_frac",
-                "entropy", "groups_kept", "rollout_s", "loss", "grad_norm", "expert_loss"):
+                "entropy", "groups_kept", "rollout_s", "rollout_tokens_per_s", "loss", "grad_norm", "expert_loss"):
         assert all(r[key] is not None and np.isfinite(r[key]) for r in rows), key
     assert rows[0]["update_s"] is None and rows[1]["update_s"] > 0
     # Stopped after step 1 (with a checkpoint): the same command resumes and redoes step 2 exactly.
