@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    "invocation; rerun to continue")
     p.add_argument("--from-step", type=int, metavar="N", help="resume from checkpoint step N exactly (newer steps "
                    "are moved to DIR/checkpoints/superseded/)")
+    p.add_argument("--heldout", type=int, default=0, metavar="N", help="score the starting policy (once per run "
+                   "directory) and the final one on N held-out world scenes (rl.eval_seed onwards, G rollouts each; "
+                   "a multiple of rl.scenes_per_step): DIR/heldout_before.json, DIR/heldout_after.json and a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still logged)")
     p.set_defaults(func=cmd_rl)
 
@@ -62,6 +65,8 @@ def cmd_rl(args: argparse.Namespace) -> int:
     for flag, value in (("--stop-after", args.stop_after), ("--from-step", args.from_step)):
         if value is not None and value <= 0:
             raise CLIError(f"{flag}: expected a positive count, got {value}")
+    if args.heldout < 0:
+        raise CLIError(f"--heldout: expected a scene count >= 0, got {args.heldout}")
     workdir = pathlib.Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         raise CLIError(f"--workdir {workdir}: exists and is not a directory")
@@ -70,12 +75,17 @@ def cmd_rl(args: argparse.Namespace) -> int:
                                                        init_from=args.init_from))
     except ConfigError as e:
         raise CLIError(str(e)) from None
+    if args.heldout % cfg.rl.scenes_per_step:
+        raise CLIError(f"--heldout: expected a multiple of rl.scenes_per_step={cfg.rl.scenes_per_step}, got "
+                       f"{args.heldout}")
     workdir.mkdir(parents=True, exist_ok=True)
     note_config_changes(workdir, cfg)
     rl = cfg.rl
     print(f"ar1 rl: config {cfg.name}, {rl.scenes_per_step} scenes x {rl.group_size} rollouts per step, tokens "
           f"{rl.token_loss} / expert {rl.expert_loss} / advantages {rl.advantage}, {cfg.train.steps} steps, init "
           f"{cfg.train.init_from or 'random weights'} -> {workdir}", flush=True)
+    if args.heldout and not (workdir / "heldout_before.json").exists():
+        _heldout(cfg, workdir, args.heldout, "before", checkpoint=None)
     try:
         result = rl_task.run(cfg, workdir, progress=not args.no_progress, max_steps=args.stop_after,
                              from_step=args.from_step)
@@ -83,4 +93,35 @@ def cmd_rl(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     except driver.TrainingDiverged as e:
         raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
-    return run_outcome(result, workdir, "reward/total", "reward")
+    code = run_outcome(result, workdir, "reward/total", "reward")
+    if args.heldout and code == 0:
+        _heldout(cfg, workdir, args.heldout, "after", checkpoint=workdir)
+    return code
+
+
+def _heldout(cfg, workdir: pathlib.Path, num_scenes: int, when: str, checkpoint) -> None:
+    """Scores the starting policy (`checkpoint` None: `train.init_from`, else the seed's initialisation)
+    or the run's latest checkpoint on held-out scenes; writes DIR/heldout_<when>.json and prints it."""
+    import json
+
+    import jax
+    from flax import nnx
+
+    from ar1_jax.model.vla import AR1
+    from ar1_jax.parallel.mesh import make_mesh
+    from ar1_jax.rl.heldout import evaluate
+    from ar1_jax.train import checkpoint as ckpt_lib
+    from ar1_jax.train import sft
+    from ar1_jax.train.trainer import Trainer
+
+    source = checkpoint or cfg.train.init_from
+    if source:
+        abstract = Trainer(cfg, make_mesh(cfg.mesh)).abstract_state["params"]
+        params = ckpt_lib.load_params(source, cfg, abstract)
+    else:
+        params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(AR1(cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param)))()
+    summary = evaluate(cfg, params, sft.default_tokenizer(cfg, workdir), num_scenes)
+    (workdir / f"heldout_{when}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"held-out {when} ({summary['scenes']} scenes x {cfg.rl.group_size}): "
+          + ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in summary.items() if k not in ("scenes", "rollouts")),
+          flush=True)

@@ -12,6 +12,7 @@ from flax import nnx
 from ar1_jax import cli
 from ar1_jax.config import get_config
 from ar1_jax.model.vla import AR1
+from ar1_jax.rl import heldout
 from ar1_jax.rl import rollout as rollout_lib
 from ar1_jax.rl import task as rl_task
 from ar1_jax.rl.batch import REWARD_COLUMNS, RL_SPEC
@@ -93,6 +94,18 @@ def test_batch_loss_and_gradients_of_both_heads(tiny):
     if kept.any() and np.abs(host["expert_adv"]).max() > 0:
         assert gnorm["expert"] > 0
     assert all(np.isfinite(v) for v in gnorm.values())
+
+
+def test_heldout_scores_are_rates_and_repeat_for_the_same_policy(tiny):
+    cfg = tiny["cfg"]
+    a = heldout.evaluate(cfg, tiny["params"], tiny["tok"], 2, roller=tiny["roller"])
+    b = heldout.evaluate(cfg, tiny["params"], tiny["tok"], 2, roller=tiny["roller"])
+    assert a == b and a["scenes"] == 2 and a["rollouts"] == 4
+    for key in heldout.RATES:
+        assert 0.0 <= a[key] <= 1.0, key
+    assert a["collision_or_offroad_rate"] >= max(a["collision_rate"], a["offroad_rate"])
+    with pytest.raises(ValueError, match="multiple of rl.scenes_per_step=2"):
+        heldout.evaluate(cfg, tiny["params"], tiny["tok"], 3, roller=tiny["roller"])
 
 
 def optax_norm(tree):
