@@ -68,7 +68,10 @@ def make_scene(cfg: Config, tokenizer, seed: int) -> RLScene:
 
 
 class ScenePool:
-    """Scenes `base_seed + (k mod size)` for k = 0, 1, ... (size None: no wrap), prepared once each."""
+    """Scenes `base_seed + (k mod size)` for k = 0, 1, ... (size None: no wrap). A pool keeps every
+    prepared scene; without one only the most recent `RECENT` are kept (a long run would grow)."""
+
+    RECENT = 64
 
     def __init__(self, cfg: Config, tokenizer, base_seed: int, size: int | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -78,6 +81,8 @@ class ScenePool:
     def scene(self, k: int) -> RLScene:
         seed = self.base_seed + (k if self.size is None else k % self.size)
         if seed not in self._cache:
+            if self.size is None and len(self._cache) >= self.RECENT:
+                self._cache.pop(next(iter(self._cache)))  # the oldest (dicts keep insertion order)
             self._cache[seed] = make_scene(self.cfg, self.tokenizer, seed)
         return self._cache[seed]
 
