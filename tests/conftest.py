@@ -47,17 +47,3 @@ def pytest_collection_modifyitems(config, items):
         warnings.warn(pytest.PytestWarning(
             f"--dist loadgroup ignores xdist_group with this pytest/pytest-xdist pair ({len(lost)} tests, e.g. "
             f"{lost[0]}): shared fixtures run once per worker. pytest<9.2 keeps the groups (pytest-xdist#1386)."))
-    # Longest first: workers take scopes (a group, or one test) in collection order, so a minutes-long
-    # group collected last would leave the other worker idle at the end. Every worker sorts alike.
-    items.sort(key=lambda item: _group_rank(item.get_closest_marker("xdist_group")))
-
-
-# The groups by their measured cost on 2 cores, longest first; other groups, then single tests, follow.
-_LONGEST_FIRST = ("train_cli", "sharded_training", "rl_run", "demo", "sharded_forward", "test_pipeline")
-
-
-def _group_rank(mark) -> int:
-    if mark is None:
-        return len(_LONGEST_FIRST) + 1
-    name = mark.args[0] if mark.args else mark.kwargs.get("name")
-    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)

@@ -244,7 +244,6 @@ def test_bench_without_benches_exits_3(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ar1_jax.model.vlm") is None, reason="ar1_jax.model.vlm not written yet")
-@pytest.mark.xdist_group("demo")  # scheduled early (tests/conftest.py): the longest single test
 def test_demo_end_to_end(tmp_path):
     # A smaller demo than `make demo`'s 32 scenes x 40 steps: the same stages, and still a loss that falls.
     r = ar1("demo", "--out", str(tmp_path), "--scenes", "16", "--sft-steps", "20")

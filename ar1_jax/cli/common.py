@@ -95,4 +95,9 @@ def run_outcome(result, workdir: pathlib.Path, metric: str, label: str) -> int:
           f"{workdir / 'checkpoints'}; metrics: {workdir / 'metrics.jsonl'}")
     if result.reason in ("preempted", "interrupted", "stopped"):
         print("rerun the same command to continue", flush=True)
+    return exit_code(result)
+
+
+def exit_code(result) -> int:
+    """A driver run's exit code: 143 preempted (SIGTERM), 130 interrupted, else 0."""
     return 128 + 15 if result.reason == "preempted" else (130 if result.reason == "interrupted" else EXIT_OK)

@@ -100,26 +100,18 @@ def cmd_rl(args: argparse.Namespace) -> int:
 
 
 def _heldout(cfg, workdir: pathlib.Path, num_scenes: int, when: str, checkpoint) -> None:
-    """Scores the starting policy (`checkpoint` None: `train.init_from`, else the seed's initialisation)
-    or the run's latest checkpoint on held-out scenes; writes DIR/heldout_<when>.json and prints it."""
+    """Scores the starting policy (`checkpoint` None: `rl.task.starting_params`) or the run's latest checkpoint on held-out scenes; writes DIR/heldout_<when>.json and prints it."""
     import json
 
-    import jax
-    from flax import nnx
-
-    from ar1_jax.model.vla import AR1
     from ar1_jax.parallel.mesh import make_mesh
     from ar1_jax.rl.heldout import evaluate
+    from ar1_jax.rl.task import starting_params
     from ar1_jax.train import checkpoint as ckpt_lib
     from ar1_jax.train import sft
     from ar1_jax.train.trainer import Trainer
 
-    source = checkpoint or cfg.train.init_from
-    if source:
-        abstract = Trainer(cfg, make_mesh(cfg.mesh)).abstract_state["params"]
-        params = ckpt_lib.load_params(source, cfg, abstract)
-    else:
-        params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(AR1(cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param)))()
+    abstract = Trainer(cfg, make_mesh(cfg.mesh)).abstract_state["params"]
+    params = (ckpt_lib.load_params(checkpoint, cfg, abstract) if checkpoint else starting_params(cfg, abstract))
     summary = evaluate(cfg, params, sft.default_tokenizer(cfg, workdir), num_scenes)
     (workdir / f"heldout_{when}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"held-out {when} ({summary['scenes']} scenes x {cfg.rl.group_size}): "

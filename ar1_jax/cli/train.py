@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from ar1_jax.cli.common import EXIT_FAILED, EXIT_OK, CLIError, add_config_args, note_config_changes, run_outcome, sub
+from ar1_jax.cli.common import (EXIT_FAILED, CLIError, add_config_args, exit_code, note_config_changes, run_outcome,
+                                sub)
 
 
 def register(subparsers) -> None:
@@ -124,6 +125,4 @@ def _run(cfg, workdir: pathlib.Path, args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     except driver.TrainingDiverged as e:
         raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
-    if jax.process_index() == 0:
-        return run_outcome(result, workdir, "loss", "loss")
-    return 128 + 15 if result.reason == "preempted" else (130 if result.reason == "interrupted" else EXIT_OK)
+    return run_outcome(result, workdir, "loss", "loss") if jax.process_index() == 0 else exit_code(result)

@@ -32,9 +32,8 @@ import numpy as np
 from ar1_jax.action import flow, unicycle
 from ar1_jax.config import Config
 from ar1_jax.infer import sampling
-from ar1_jax.model.expert import expert_velocity
 from ar1_jax.model.layers import dtype_of
-from ar1_jax.model.vla import prefix_mask
+from ar1_jax.model.vla import prefix_velocity
 from ar1_jax.model.vlm import decode_step, encode_media, prefill, prepare_inputs
 
 
@@ -91,14 +90,9 @@ class Engine:
 
     def _denoise_impl(self, params, cache, fs_slot, fs_pos, key):
         cfg = self.cfg
-        n = fs_slot.shape[0]
-        valid = prefix_mask(cache.valid, fs_slot)
-
-        def velocity(x_t, t):
-            return expert_velocity(params["expert"], cfg, x_t, jnp.broadcast_to(t, (n,)), cache.k, cache.v, valid,
-                                   fs_pos + 1, dtype=self.dtype, impl=cfg.model.attention_impl_for("expert"))
-
-        return flow.euler_sample(velocity, (n, cfg.action.horizon, 2), key, cfg.infer.flow_steps, jnp.float32)
+        velocity = prefix_velocity(params, cfg, cache.k, cache.v, cache.valid, fs_slot, fs_pos + 1)
+        return flow.euler_sample(velocity, (fs_slot.shape[0], cfg.action.horizon, 2), key, cfg.infer.flow_steps,
+                                 jnp.float32)
 
     def _trajectory_impl(self, controls_norm, v0):
         controls = unicycle.denormalize(controls_norm, self.cfg.action)

@@ -50,6 +50,21 @@ def prefix_mask(cache_valid, future_start_slot):
     return cache_valid & (slots <= future_start_slot[:, None])
 
 
+def prefix_velocity(params: dict, cfg: Config, k, v, kv_valid, future_start_slot, action_position):
+    """The expert's velocity `(x_t [N, A, 2], t [N] or scalar) -> [N, A, 2]` reading the backbone's cached
+    keys/values `k, v [L, N, S, K, D]` of each row's prefix: the valid slots (`kv_valid [N, S]`) up to
+    `future_start_slot [N]`; action tokens from rotary position `action_position [N]`. SFT, inference,
+    RL rollouts and the RL update all run the expert through it."""
+    valid = prefix_mask(kv_valid, future_start_slot)
+    n = future_start_slot.shape[0]
+
+    def velocity(x_t, t):
+        return expert_velocity(params["expert"], cfg, x_t, jnp.broadcast_to(t, (n,)), k, v, valid, action_position,
+                               dtype=dtype_of(cfg.model.dtype), impl=cfg.model.attention_impl_for("expert"))
+
+    return velocity
+
+
 def _masked_mean(values, weights, total=None):
     """sum(values * weights) / total, where `total` defaults to sum(weights) (0 / 0 gives 0)."""
     weights = weights.astype(jnp.float32)
@@ -88,10 +103,8 @@ def sft_loss(params: dict, cfg: Config, batch: dict, rng) -> tuple[jax.Array, di
         t = flow.sample_time(key_t, (x.shape[0],), cfg.action)
         eps = jax.random.normal(key_eps, x.shape, jnp.float32)
         x_t = flow.interpolate(x, eps, t[:, None, None])
-        velocity = expert_velocity(params["expert"], cfg, x_t, t, k, v,
-                                   prefix_mask(batch["kv_valid"], batch["future_start_slot"]),
-                                   batch["action_position"], dtype=dtype_of(cfg.model.dtype),
-                                   impl=cfg.model.attention_impl_for("expert"))
+        velocity = prefix_velocity(params, cfg, k, v, batch["kv_valid"], batch["future_start_slot"],
+                                   batch["action_position"])(x_t, t)
         valid, n_valid = batch.get("controls_valid"), totals.get("controls_valid")
         fm = flow.loss(velocity, x, eps, None if valid is None else valid[:, None, None],
                        denominator=None if n_valid is None else n_valid * math.prod(x.shape[1:]))

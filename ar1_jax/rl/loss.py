@@ -21,9 +21,8 @@ import jax.numpy as jnp
 
 from ar1_jax.action import flow
 from ar1_jax.config import Config
-from ar1_jax.model.expert import expert_velocity
-from ar1_jax.model.layers import dtype_of
-from ar1_jax.model.vla import backbone_with_kv, prefix_mask
+from ar1_jax.infer import sampling
+from ar1_jax.model.vla import backbone_with_kv, prefix_velocity
 from ar1_jax.rl import flow_policy, grpo
 from ar1_jax.rl.batch import REWARD_COLUMNS
 
@@ -31,15 +30,13 @@ from ar1_jax.rl.batch import REWARD_COLUMNS
 def policy_logits(cfg: Config, logits, traj_mask):
     """The sampling distributions' logits `[B, T, V]` float32: / temperature, trajectory ids banned at
     reasoning positions, only future-trajectory ids at trajectory positions (`traj_mask [B, T]`)."""
-    tk, a = cfg.tokens, cfg.action
+    off, a = cfg.tokens.traj_token_offset, cfg.action
     x = logits.astype(jnp.float32)
     if cfg.rl.temperature > 0:
         x = x / cfg.rl.temperature
-    ids = jnp.arange(x.shape[-1])
-    future = (ids >= tk.traj_token_offset) & (ids < tk.traj_token_offset + a.future_bins)
-    any_traj = (ids >= tk.traj_token_offset) & (ids < tk.traj_token_offset + a.future_bins + a.history_bins)
-    allowed = jnp.where(traj_mask[..., None], future, ~any_traj)
-    return jnp.where(allowed, x, -jnp.inf)
+    # The rollout's own masks (`sampling.decode`'s ban while reasoning, allow for trajectory tokens).
+    return jnp.where(traj_mask[..., None], sampling.allow_range(x, off, off + a.future_bins),
+                     sampling.ban_range(x, off, off + a.future_bins + a.history_bins))
 
 
 def sequence_logp(params: dict, cfg: Config, batch: dict):
@@ -55,13 +52,8 @@ def sequence_logp(params: dict, cfg: Config, batch: dict):
 def _expert_terms(params: dict, cfg: Config, batch: dict, cache, rng):
     rl = cfg.rl
     k, v = jax.lax.stop_gradient(cache.k), jax.lax.stop_gradient(cache.v)
-    valid = prefix_mask(batch["kv_valid"], batch["future_start_slot"])
-    n = batch["future_start_slot"].shape[0]
-
-    def velocity(x_t, t):
-        return expert_velocity(params["expert"], cfg, x_t, jnp.broadcast_to(t, (n,)), k, v, valid,
-                               batch["action_position"], dtype=dtype_of(cfg.model.dtype),
-                               impl=cfg.model.attention_impl_for("expert"))
+    velocity = prefix_velocity(params, cfg, k, v, batch["kv_valid"], batch["future_start_slot"],
+                               batch["action_position"])
 
     ecfg = flow_policy.ExpertLossConfig(eps_low=rl.expert_eps, eps_high=rl.expert_eps, awfm_beta=rl.awfm_beta)
     adv, keep = batch["expert_adv"], batch["controls_valid"]

@@ -33,8 +33,7 @@ from ar1_jax.action import tokens as traj_tokens
 from ar1_jax.config import Config
 from ar1_jax.infer import sampling
 from ar1_jax.infer.engine import Engine
-from ar1_jax.model.expert import expert_velocity
-from ar1_jax.model.vla import prefix_mask
+from ar1_jax.model.vla import prefix_velocity
 from ar1_jax.model.vlm import decode_step
 from ar1_jax.rl import flow_policy
 
@@ -117,12 +116,7 @@ class Roller:
     def _expert_impl(self, params, cache, fs_slot, fs_pos, key):
         cfg = self.cfg
         n = fs_slot.shape[0]
-        valid = prefix_mask(cache.valid, fs_slot)
-
-        def velocity(x_t, t):
-            return expert_velocity(params["expert"], cfg, x_t, jnp.broadcast_to(t, (n,)), cache.k, cache.v, valid,
-                                   fs_pos + 1, dtype=self.engine.dtype, impl=cfg.model.attention_impl_for("expert"))
-
+        velocity = prefix_velocity(params, cfg, cache.k, cache.v, cache.valid, fs_slot, fs_pos + 1)
         key_noise, key_sde = jax.random.split(key)
         noise = jax.random.normal(key_noise, (n, cfg.action.horizon, 2), jnp.float32)
         if self.sde:

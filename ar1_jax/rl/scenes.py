@@ -24,7 +24,7 @@ MAX_RECTS = 16
 class RLScene:
     """One scene ready for rollouts and rewards.
 
-    ids / kinds `[T0]` int32: the generation prompt and its segment codes (`text.prompt` SEG_*);
+    ids `[T0]` int32: the generation prompt (`infer.scene.scene_inputs`, as `ar1 infer` builds it);
     pixel_values `[P, D]` float32, image_grid_thw `[C*F, 3]`; v0 m/s (estimated from the history, as
     inference does); gt_xy `[H, 2]` the expert's future (metres, ego frame at t0); reference the
     ground-truth CoC sentence; arrays the agents and map for collision / off-road (`SceneArrays`).
@@ -33,7 +33,6 @@ class RLScene:
     seed: int
     family: str
     ids: np.ndarray
-    kinds: np.ndarray
     pixel_values: np.ndarray
     image_grid_thw: np.ndarray
     v0: float
@@ -43,26 +42,17 @@ class RLScene:
 
 
 def make_scene(cfg: Config, tokenizer, seed: int) -> RLScene:
-    """World scene `seed`, rendered (`synthetic.to_record`) and prompted (`build_prompt`, no reasoning)."""
-    from ar1_jax.action import tokens as traj_tokens
-    from ar1_jax.action import unicycle
-    from ar1_jax.data import images as image_lib
+    """World scene `seed`, rendered (`synthetic.to_record`) and prompted as `ar1 infer` prompts a scene."""
     from ar1_jax.data import synthetic
-    from ar1_jax.text import prompt as prompt_lib
+    from ar1_jax.infer import scene as scene_lib
     from ar1_jax.world.families import generate
 
     world = generate(int(seed), cfg)
     rec = synthetic.to_record(world, cfg)
-    frames = rec["images"].reshape(-1, *rec["images"].shape[2:])
-    pv, grid = image_lib.preprocess_scene_frames(frames, cfg)
-    bins = np.asarray(traj_tokens.encode_history(rec["history_xyz"], cfg.action, -cfg.action.future_bins))
-    ids, seg = prompt_lib.build_prompt(
-        tokenizer, num_images=len(frames),
-        image_token_counts=[image_lib.image_token_count(g, cfg.model.vision.spatial_merge_size) for g in grid],
-        history_token_ids=bins.tolist(), cot=None, include_future_start=False)
-    v0 = float(unicycle.estimate_v0(rec["history_xyz"][None, :, :2], dt=cfg.action.dt)[0])
+    ids, pv, grid, v0 = scene_lib.scene_inputs(cfg, tokenizer, scene_lib.Scene(images=rec["images"],
+                                                                              history_xyz=rec["history_xyz"]))
     return RLScene(seed=int(seed), family=str(rec["family"]), ids=np.asarray(ids, np.int32),
-                   kinds=np.asarray(seg.kind, np.int32), pixel_values=np.asarray(pv, np.float32),
+                   pixel_values=np.asarray(pv, np.float32),
                    image_grid_thw=np.asarray(grid), v0=v0, gt_xy=np.asarray(rec["future_xyz"][:, :2], np.float32),
                    reference=str(rec["cot"]), arrays=scene_arrays(world, MAX_AGENTS, MAX_RECTS))
 

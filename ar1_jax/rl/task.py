@@ -53,6 +53,18 @@ def head_rewards(cfg: Config, scenes, rollouts, texts: list[str]) -> dict[str, n
     return out
 
 
+def starting_params(cfg: Config, abstract: dict) -> dict:
+    """The policy an RL run starts from, laid out as `abstract` (ShapeDtypeStructs with shardings):
+    the `train.init_from` weights, else the random initialisation of `cfg.seed` (the driver's start)."""
+    if cfg.train.init_from:
+        from ar1_jax.train import checkpoint as ckpt_lib
+
+        return ckpt_lib.load_params(cfg.train.init_from, cfg, abstract)
+    from ar1_jax.infer.run import load_weights
+
+    return jax.device_put(load_weights(cfg)[1], jax.tree.map(lambda a: a.sharding, abstract))
+
+
 class RolloutSource:
     """The driver's batch source for RL (module docstring)."""
 
@@ -75,21 +87,9 @@ class RolloutSource:
             self.reference = self._load_reference(params)
 
     def _load_reference(self, params):
-        """The frozen reference policy, laid out like `params`: the `train.init_from` weights, else the
-        random initialisation of `cfg.seed` (what the driver starts from), rebuilt on resume too."""
-        shardings = jax.tree.map(lambda x: x.sharding, params)
-        if self.cfg.train.init_from:
-            from ar1_jax.train import checkpoint as ckpt_lib
-
-            abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
-            return ckpt_lib.load_params(self.cfg.train.init_from, self.cfg, abstract)
-        from flax import nnx
-
-        from ar1_jax.model.vla import AR1
-
-        cfg = self.cfg
-        return jax.jit(lambda: nnx.to_pure_dict(nnx.state(AR1(cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param)),
-                       out_shardings=shardings)()
+        """The frozen reference policy (`starting_params`), laid out like `params`; rebuilt on resume too."""
+        return starting_params(self.cfg, jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params))
 
     def __next__(self) -> dict:
         if self.params is None:
