@@ -1,3 +1,4 @@
+import importlib.metadata
 import os
 import pathlib
 import sys
@@ -6,6 +7,18 @@ import warnings
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# The repository root must not be on sys.path: its top-level `kernels/` (installed as ar1_jax.kernels)
+# would shadow Hugging Face's `kernels` distribution, which transformers >= 5.25 requires and imports
+# (the parity tests then fail with "cannot import name 'CUDAProperties' from 'kernels'"). `python -m
+# pytest` run from the root puts it there as '' or the cwd; the installed (editable) package needs no
+# path entry, so drop it whenever the package is installed.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+try:
+    importlib.metadata.distribution("ar1-jax")
+    sys.path[:] = [e for e in sys.path if pathlib.Path(e or os.curdir).resolve() != _ROOT]
+except importlib.metadata.PackageNotFoundError:  # run from a bare checkout: the root is how ar1_jax imports
+    pass
 
 # One persistent XLA compilation cache for the whole run, shared by both xdist workers and every
 # subprocess they start (the variables are inherited): dozens of tests compile the same ar1_tiny init
