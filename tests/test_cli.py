@@ -46,6 +46,18 @@ def test_subcommand_help(cmd):
     assert len(body.split()) >= 5, r.stdout
 
 
+def test_help_never_imports_jax():
+    # `ar1 <command> --help` answers at once: the parsers and their texts need no jax (or model) import.
+    cmds = [[]] + [[c] for c in COMMANDS] + [list(c) for c in NESTED]
+    code = ("import sys\nfrom ar1_jax import cli\n"
+            f"for cmd in {cmds!r}:\n"
+            "    try:\n        cli.main([*cmd, '--help'])\n    except SystemExit:\n        pass\n"
+            "heavy = sorted(m for m in ('jax', 'flax', 'numpy', 'grain', 'matplotlib') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=F.HANG_GUARD_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_no_command_prints_help_and_fails():
     r = ar1()
     assert r.returncode == 2

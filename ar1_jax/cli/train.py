@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def _stage_docs() -> dict[str, str]:
-    from ar1_jax.train.sft import STAGES
+    from ar1_jax.train.stages import STAGES
 
     return {k: v.description for k, v in STAGES.items()}
 

@@ -20,6 +20,16 @@ def _infer(tmp_path, name, *args):
     return proc, out
 
 
+def _infer_in_process(capsys, tmp_path, name, *args):
+    """`ar1 infer` through `cli.main` in this process (the subprocess path is the test above's): a bad
+    scene fails before the model is built, so a fresh process would only add a jax import."""
+    from ar1_jax import cli
+
+    capsys.readouterr()
+    code = cli.main(["infer", "--config", "ar1_tiny", "--out", str(tmp_path / name), "--samples", "2", *args])
+    return code, capsys.readouterr().err
+
+
 def test_infer_is_deterministic_and_writes_outputs(tmp_path):
     cfg = get_config("ar1_tiny")
     scene = scene_lib.random_scene(cfg, seed=int(np.random.default_rng().integers(1000)))
@@ -37,11 +47,11 @@ def test_infer_is_deterministic_and_writes_outputs(tmp_path):
     assert "sample 0:" in a.stdout and "timing:" in a.stdout
 
 
-def test_bad_scene_is_named(tmp_path):
+def test_bad_scene_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((4, 4, 64, 96, 3), np.uint8))
-    proc, _ = _infer(tmp_path, "c", "--scene", str(bad))
-    assert proc.returncode == 2 and "history_xyz" in proc.stderr and "bad.npz" in proc.stderr
+    code, err = _infer_in_process(capsys, tmp_path, "c", "--scene", str(bad))
+    assert code == 2 and "history_xyz" in err and "bad.npz" in err
 
 
 def _junk_archives(tmp_path):
@@ -77,9 +87,9 @@ def test_missing_field_is_named(tmp_path):
         scene_lib.load_scene(path)
 
 
-def test_junk_scene_on_the_command_line_exits_2(tmp_path):
+def test_junk_scene_on_the_command_line_exits_2(tmp_path, capsys):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(np.random.default_rng(1).bytes(300))
-    proc, _ = _infer(tmp_path, "d", "--scene", str(junk))
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"error: {junk}: not a valid scene archive" in proc.stderr and "allow_pickle" not in proc.stderr
+    code, err = _infer_in_process(capsys, tmp_path, "d", "--scene", str(junk))
+    assert code == 2, err[-3000:]
+    assert f"error: {junk}: not a valid scene archive" in err and "allow_pickle" not in err

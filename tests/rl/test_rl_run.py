@@ -2,6 +2,7 @@
 and its gradients, and `ar1 rl` on the training driver (metrics, resume)."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +119,7 @@ def _rows(workdir):
 
 def test_ar1_rl_logs_every_metric_and_resumes_exactly(tmp_path, capsys):
     args = ["rl", "--config", "ar1_tiny", "--no-progress", *[x for s in SETS for x in ("--set", s)],
-            "--set", "train.steps=2"]
+            "--set", "train.steps=2", "--set", "train.checkpoint_every=1"]
     assert cli.main([*args, "--workdir", str(tmp_path / "a")]) == 0
     assert "done at step 2" in capsys.readouterr().out
     rows = _rows(tmp_path / "a")
@@ -127,9 +128,10 @@ def test_ar1_rl_logs_every_metric_and_resumes_exactly(tmp_path, capsys):
                 "entropy", "groups_kept", "rollout_s", "rollout_tokens_per_s", "loss", "grad_norm", "expert_loss"):
         assert all(r[key] is not None and np.isfinite(r[key]) for r in rows), key
     assert rows[0]["update_s"] is None and rows[1]["update_s"] > 0
-    # Stopped after step 1 (with a checkpoint): the same command resumes and redoes step 2 exactly.
-    assert cli.main([*args, "--workdir", str(tmp_path / "b"), "--stop-after", "1"]) == 0
-    assert cli.main([*args, "--workdir", str(tmp_path / "b")]) == 0
+    # The run as it stood after step 1 (its checkpoint, --from-step 1) redoes step 2 exactly: the batch
+    # is regenerated from (config, step, params), so the rollouts, rewards and update are the same.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert cli.main([*args, "--workdir", str(tmp_path / "b"), "--from-step", "1"]) == 0
     resumed = _rows(tmp_path / "b")
     assert [r["step"] for r in resumed] == [1, 2]
     for key in ("loss", "reward/total", "grad_norm", "kl"):
