@@ -64,7 +64,8 @@ def run(cfg: Config, out: str | pathlib.Path, seed: int | None = None, *, scenes
     metrics["stages"]["data"] = "ok"
 
     say(f"[4/{STAGES}] SFT: ar1_tiny on those scenes, {sft_steps} steps (`ar1 train`), metrics and a loss plot")
-    metrics["sft"] = sft_stage(out / "data", out / "sft", seed, sft_steps, say=say)
+    metrics["sft"] = sft_stage(out / "data", out / "sft", seed, sft_steps, say=say,
+                               batch_size=min(get_config("ar1_tiny").data.batch_size, metrics["data"]["train_scenes"]))
     metrics["stages"]["sft"] = "ok"
 
     for i, (key, title) in enumerate((("rl", "RL"), ("eval", "eval")), start=5):
@@ -106,23 +107,32 @@ def data_stage(out: pathlib.Path, seed: int, scenes: int = DEMO_SCENES, *, say: 
 
     t0 = time.perf_counter()
     records = list(synthetic.generate_records(scenes, seed, get_config("ar1_tiny")))
-    tfds_builder.write_dataset(out, iter(records), len(records), overwrite=True, progress=False)
+    test_fraction = 0.1
+    tfds_builder.write_dataset(out, iter(records), len(records), overwrite=True, progress=False,
+                               test_fraction=test_fraction)
+    train = sum(tfds_builder.split_of(str(r["scene_id"]), test_fraction) == "train" for r in records)
+    if train == 0:
+        raise DemoFailed(f"demo: all {scenes} synthetic scenes fell in the test split; use more scenes")
     families = sorted({str(r["family"]) for r in records})
     cv_ade = float(np.mean([constant_velocity_ade(r["future_xyz"], float(r["v0"])) for r in records]))
     say(f"      wrote {out} in {time.perf_counter() - t0:.1f} s: {len(families)} families "
         f"({', '.join(families)}); constant-velocity baseline ADE {cv_ade:.2f} m")
-    return {"num_scenes": scenes, "families": families, "cv_ade_m": round(cv_ade, 3)}
+    return {"num_scenes": scenes, "train_scenes": int(train), "families": families, "cv_ade_m": round(cv_ade, 3)}
 
 
 def sft_stage(dataset_dir: pathlib.Path, workdir: pathlib.Path, seed: int, steps: int = DEMO_SFT_STEPS, *,
-              say: Say = _say) -> dict[str, Any]:
-    """Trains ar1_tiny for `steps` steps on `dataset_dir` in `workdir`, plots the loss;
-    returns the loss summary."""
+              batch_size: int | None = None, say: Say = _say) -> dict[str, Any]:
+    """Trains ar1_tiny for `steps` steps of `batch_size` scenes (default: the config's) on `dataset_dir`
+    in `workdir`, plots the loss; returns the loss summary."""
     from ar1_jax.eval import viz
     from ar1_jax.train import sft
 
+    default_batch = get_config("ar1_tiny").data.batch_size
+    batch_size = batch_size or default_batch
     cfg = get_config("ar1_tiny", [f"data.dataset_dir={dataset_dir}", f"train.steps={steps}",
-                                  "train.checkpoint_every=1000", f"seed={seed}"])
+                                  f"data.batch_size={batch_size}", "train.checkpoint_every=1000", f"seed={seed}"])
+    if batch_size != default_batch:
+        say(f"      {batch_size} training scenes: batches of {batch_size} (ar1_tiny's is {default_batch})")
     t0 = time.perf_counter()
     result = sft.run(cfg, workdir, progress=sys.stderr.isatty())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
