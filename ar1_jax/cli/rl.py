@@ -81,7 +81,9 @@ def cmd_rl(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     note_config_changes(workdir, cfg)
     rl = cfg.rl
-    print(f"ar1 rl: config {cfg.name}, {rl.scenes_per_step} scenes x {rl.group_size} rollouts per step, tokens "
+    m = cfg.mesh
+    print(f"ar1 rl: config {cfg.name}, {jax.device_count()} {jax.devices()[0].platform} device(s), mesh data={m.data} "
+          f"fsdp={m.fsdp} tensor={m.tensor}, {rl.scenes_per_step} scenes x {rl.group_size} rollouts per step, tokens "
           f"{rl.token_loss} / expert {rl.expert_loss} / advantages {rl.advantage}, {cfg.train.steps} steps, init "
           f"{cfg.train.init_from or 'random weights'} -> {workdir}", flush=True)
     if args.heldout and not (workdir / "heldout_before.json").exists():

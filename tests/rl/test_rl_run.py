@@ -19,11 +19,10 @@ from ar1_jax.rl import task as rl_task
 from ar1_jax.rl.batch import REWARD_COLUMNS, RL_SPEC
 from ar1_jax.rl.loss import rl_loss
 from ar1_jax.rl.scenes import ScenePool, prompts_of
+from rl_fixtures import CLI_ARGS, SETS
 
-pytestmark = pytest.mark.xdist_group("rl_run")
+pytestmark = pytest.mark.xdist_group("rl_run")  # with test_rl_sharded.py: they share `rl_cli_run`
 
-SETS = ("rl.scenes_per_step=2", "rl.group_size=2", "train.learning_rate=1e-3", "train.warmup_steps=0",
-        "train.log_every=1", "train.checkpoint_every=2", "train.tensorboard=false")
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +116,10 @@ def _rows(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_ar1_rl_logs_every_metric_and_resumes_exactly(tmp_path, capsys):
-    args = ["rl", "--config", "ar1_tiny", "--no-progress", *[x for s in SETS for x in ("--set", s)],
-            "--set", "train.steps=2", "--set", "train.checkpoint_every=1"]
-    assert cli.main([*args, "--workdir", str(tmp_path / "a")]) == 0
-    assert "done at step 2" in capsys.readouterr().out
-    rows = _rows(tmp_path / "a")
+def test_ar1_rl_logs_every_metric_and_resumes_exactly(rl_cli_run, tmp_path):
+    code, stdout, run = rl_cli_run
+    assert code == 0 and "done at step 2" in stdout
+    rows = _rows(run)
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("reward/total", "reward/consistency", "reward/trajectory", "consistency_rate", "kl", "clip_frac",
                 "entropy", "groups_kept", "rollout_s", "rollout_tokens_per_s", "loss", "grad_norm", "expert_loss"):
@@ -130,8 +127,8 @@ def test_ar1_rl_logs_every_metric_and_resumes_exactly(tmp_path, capsys):
     assert rows[0]["update_s"] is None and rows[1]["update_s"] > 0
     # The run as it stood after step 1 (its checkpoint, --from-step 1) redoes step 2 exactly: the batch
     # is regenerated from (config, step, params), so the rollouts, rewards and update are the same.
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    assert cli.main([*args, "--workdir", str(tmp_path / "b"), "--from-step", "1"]) == 0
+    shutil.copytree(run, tmp_path / "b")
+    assert cli.main([*CLI_ARGS, "--workdir", str(tmp_path / "b"), "--from-step", "1"]) == 0
     resumed = _rows(tmp_path / "b")
     assert [r["step"] for r in resumed] == [1, 2]
     for key in ("loss", "reward/total", "grad_norm", "kl"):
