@@ -17,13 +17,18 @@ def register(subparsers) -> None:
             "bird's-eye plot DIR/bev.png. Deterministic for a given --seed.\n\n"
             "--scene takes a scene .npz (images [cameras, frames, H, W, 3] uint8, history_xyz [16, 3]\n"
             "metres in the t0 ego frame, optional future_xyz [64, 3]) or `random` (random frames: a\n"
-            "smoke test). Without --checkpoint the weights are random (config seed); with one, a\n"
-            "release-layout Alpamayo-R1 checkpoint directory is loaded.",
-            epilog="example: ar1 infer --config ar1_tiny --scene random --out out/infer --samples 2")
+            "smoke test). Without --checkpoint the weights are random (config seed). --checkpoint\n"
+            "takes an `ar1 train` / `ar1 rl` run directory (its latest checkpoint, the run's config and\n"
+            "tokenizer), one of its checkpoints/<step> directories, or a release-layout Alpamayo-R1\n"
+            "checkpoint (its own config); --config is then only the fallback.",
+            epilog="examples:\n"
+                   "  ar1 infer --config ar1_tiny --scene random --out out/infer --samples 2\n"
+                   "  ar1 infer --checkpoint runs/tiny --scene scene.npz --out out/infer")
     add_config_args(p, default="ar1_tiny")
     p.add_argument("--scene", required=True, metavar="PATH|random", help="scene .npz, or `random`")
     p.add_argument("--checkpoint", metavar="DIR",
-                   help="release-layout checkpoint directory (config.json + safetensors)")
+                   help="an `ar1 train`/`ar1 rl` run or checkpoints/<step> directory, or a release-layout "
+                        "checkpoint directory (config.json + safetensors)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the checkpoint's, or one "
                                                       "trained on the CoC corpus and cached under --out)")
     p.add_argument("--out", default="out/infer", metavar="DIR", help="where to write trajectory.json and bev.png")

@@ -11,6 +11,7 @@ checkpoint, tokenizer, scene) raise `InferInputError` naming the thing and what 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -28,9 +29,19 @@ class InferInputError(ValueError):
 
 
 def load_weights(cfg: Config, checkpoint: str | pathlib.Path | None = None) -> tuple[Config, dict]:
-    """(config, pure params): a release-layout AR1 checkpoint's (its own config), or random weights
-    from `cfg.seed` without one."""
+    """(config, pure params) on one device: an `ar1 train` / `ar1 rl` run's (a run directory: its latest
+    checkpoint, or one `checkpoints/<step>` directory; with the run's saved config), a release-layout
+    AR1 checkpoint's (its own config), or random weights from `cfg.seed` without one."""
     if checkpoint:
+        from ar1_jax.train import checkpoint as ckpt_lib
+
+        if not pathlib.Path(checkpoint).exists():
+            raise InferInputError(f"--checkpoint {checkpoint}: does not exist")
+        if ckpt_lib.run_checkpoint(checkpoint) is not None:
+            return _load_run_weights(checkpoint)
+        if not ckpt_lib.is_release_checkpoint(checkpoint):
+            raise InferInputError(f"--checkpoint {checkpoint}: neither an `ar1 train` / `ar1 rl` run or checkpoint "
+                                  "directory nor a release-layout checkpoint (config.json + safetensors)")
         from ar1_jax.convert import hf
 
         loaded = hf.load(checkpoint, dtype=cfg.model.dtype)
@@ -43,6 +54,41 @@ def load_weights(cfg: Config, checkpoint: str | pathlib.Path | None = None) -> t
     from ar1_jax.model.vla import AR1
 
     return cfg, nnx.to_pure_dict(jax.jit(lambda: nnx.state(AR1(cfg, rngs=nnx.Rngs(cfg.seed)), nnx.Param))())
+
+
+def _load_run_weights(checkpoint: str | pathlib.Path) -> tuple[Config, dict]:
+    import jax
+
+    from ar1_jax.config import ConfigError
+    from ar1_jax.errors import CheckpointMismatch
+    from ar1_jax.parallel.mesh import make_mesh
+    from ar1_jax.train import checkpoint as ckpt_lib
+    from ar1_jax.train.trainer import Trainer
+
+    try:
+        run_cfg = ckpt_lib.saved_run_config(checkpoint)
+    except (FileNotFoundError, ConfigError, ValueError) as e:
+        raise InferInputError(f"--checkpoint {checkpoint}: {e}") from None
+    if not run_cfg.is_vla:
+        raise InferInputError(f"--checkpoint {checkpoint}: a run of the plain backbone {run_cfg.name!r}, not AR1")
+    one = make_mesh(dataclasses.replace(run_cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    abstract = Trainer(run_cfg, one).abstract_state["params"]
+    try:
+        params = ckpt_lib.load_params(checkpoint, run_cfg, abstract, what=f"--checkpoint {checkpoint}")
+    except CheckpointMismatch as e:
+        raise InferInputError(str(e)) from None
+    return run_cfg, params
+
+
+def run_tokenizer_dir(checkpoint: str | pathlib.Path | None) -> pathlib.Path | None:
+    """The tokenizer directory of an `ar1 train` / `ar1 rl` run (DIR/tokenizer) for any path
+    `load_weights` reads as a run; else `checkpoint` itself (a release checkpoint holds its own)."""
+    if not checkpoint:
+        return None
+    from ar1_jax.train import checkpoint as ckpt_lib
+
+    found = ckpt_lib.run_checkpoint(checkpoint)
+    return found[0] / "tokenizer" if found is not None else pathlib.Path(checkpoint)
 
 
 def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir: str | pathlib.Path):
@@ -90,7 +136,7 @@ def run_scene(cfg: Config, scene: scene_lib.Scene | str | pathlib.Path, out: str
     out.mkdir(parents=True, exist_ok=True)
     say(f"[1/4] model: {cfg.name}")
     cfg, params = load_weights(cfg, checkpoint)
-    tok = load_tokenizer(cfg, tokenizer or checkpoint, out / "tokenizer")
+    tok = load_tokenizer(cfg, tokenizer or run_tokenizer_dir(checkpoint), out / "tokenizer")
     say("[2/4] scene")
     if random:  # from the checkpoint's config, which may differ from `cfg`
         scene = scene_lib.random_scene(cfg, seed)

@@ -246,20 +246,55 @@ def _orbax_step_dir(path: pathlib.Path) -> tuple[pathlib.Path, int] | None:
     return None
 
 
-def load_params(path: str | pathlib.Path, cfg: Config, abstract_params: dict) -> dict:
+def is_release_checkpoint(path: str | pathlib.Path) -> bool:
+    """Whether `path` is a HF-style checkpoint directory (a config.json with a `model_type`)."""
+    cfg_file = pathlib.Path(path) / "config.json"
+    try:
+        return cfg_file.is_file() and bool(json.loads(cfg_file.read_text()).get("model_type"))
+    except (OSError, ValueError):
+        return False
+
+
+def run_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int] | None:
+    """(run directory, step) when `path` is an `ar1 train` / `ar1 rl` run directory (its latest
+    checkpoint), its `checkpoints/` directory or one `checkpoints/<step>` directory; else None."""
+    found = _orbax_step_dir(pathlib.Path(path))
+    if found is None:
+        return None
+    root, step = found
+    return (root.parent if root.name == "checkpoints" else root), step
+
+
+def saved_run_config(path: str | pathlib.Path) -> Config:
+    """The config a run saved (its config.json) for any path `run_checkpoint` accepts. FileNotFoundError
+    when there is no run there or it has no config.json; ConfigError when that file does not parse."""
+    from ar1_jax.config import from_dict
+
+    found = run_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: not an `ar1 train` / `ar1 rl` run or checkpoint directory")
+    cfg_file = found[0] / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path}: the run has no {cfg_file.name} (expected {cfg_file})")
+    return from_dict(Config, json.loads(cfg_file.read_text()))
+
+
+def load_params(path: str | pathlib.Path, cfg: Config, abstract_params: dict,
+                what: str = "config field `train.init_from`") -> dict:
     """Parameters to start from, laid out as `abstract_params` (ShapeDtypeStructs with shardings).
 
     `path` is an `ar1 train` run directory (its latest checkpoint), a `checkpoints/<step>` directory,
     or a release-layout Alpamayo-R1 checkpoint (config.json + safetensors). Shapes must match `cfg`.
+    Errors start with `what` (where the path came from).
     """
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config field `train.init_from`: {path} does not exist")
-    if (path / "config.json").exists() and json.loads((path / "config.json").read_text()).get("model_type"):
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    if is_release_checkpoint(path):
         return _load_hf_params(path, cfg, abstract_params)
     found = _orbax_step_dir(path)
     if found is None:
-        raise CheckpointMismatch(f"config field `train.init_from`: {path} is neither an `ar1 train` run/checkpoint "
+        raise CheckpointMismatch(f"{what}: {path} is neither an `ar1 train` run/checkpoint "
                                  f"directory nor a HF checkpoint directory (config.json + safetensors)")
     root, step = found
     ckpt = Checkpointer(root, cfg, read_only=True)

@@ -244,3 +244,32 @@ def test_from_step_picks_a_checkpoint_and_keeps_the_newer_ones(train_env, straig
     _damage(tmp_path / "checkpoints" / "5")
     assert _train(train_env, tmp_path, "--from-step", "5") == 2
     assert "checkpoint step 5" in capsys.readouterr().err
+
+
+def test_infer_reads_a_run_its_step_directories_and_its_tokenizer(straight, tmp_path, capsys):
+    """`ar1 infer --checkpoint` takes an `ar1 train` run (its latest checkpoint, with the run's config and
+    tokenizer) or one of its step directories; anything else is named."""
+    from ar1_jax.infer.run import load_weights
+
+    step, state, _ = _final_params({"config": lambda: ckpt_lib.saved_run_config(straight)}, straight)
+    cfg, params = load_weights(None, straight)
+    assert cfg == ckpt_lib.saved_run_config(straight) and cfg.data.batch_size == 4  # the run's config
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    older = min(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit())
+    assert older < step
+    _, params_older = load_weights(None, straight / "checkpoints" / str(older))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(params_older), jax.tree.leaves(params)))
+
+    out = tmp_path / "infer"
+    assert cli.main(["infer", "--config", "ar1_tiny", "--checkpoint", str(straight), "--scene", "random",
+                     "--out", str(out), "--samples", "2"]) == 0
+    record = json.loads((out / "trajectory.json").read_text())
+    assert len(record["samples"]) == 2 and np.isfinite(record["samples"][0]["trajectory_xy"]).all()
+    assert not (out / "tokenizer").exists()  # the run's own tokenizer, not a new one
+    (tmp_path / "junk").mkdir()
+    capsys.readouterr()
+    assert cli.main(["infer", "--config", "ar1_tiny", "--checkpoint", str(tmp_path / "junk"), "--scene", "random",
+                     "--out", str(out)]) == 2
+    assert "neither an `ar1 train` / `ar1 rl` run" in capsys.readouterr().err
