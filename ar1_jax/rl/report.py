@@ -39,7 +39,7 @@ class Run:
     after: dict | None
     kl_mean: float
     kl_max: float
-    wall_s: float  # sum of the logged rollout + update seconds (logged every step)
+    wall_s: float  # training wall time: each logged row's step_time_s times the steps since the row before
 
 
 def load_run(path: str | pathlib.Path) -> Run:
@@ -56,7 +56,11 @@ def load_run(path: str | pathlib.Path) -> Run:
     if rl.get("token_loss", "grpo") != "grpo":
         method += f" / {rl['token_loss']}"
     kls = [r["kl"] for r in rows if r.get("kl") is not None]
-    wall = sum((r.get("rollout_s") or 0.0) + (r.get("update_s") or 0.0) for r in rows)
+    # A row's step_time_s is the mean over the steps since the previous row (train.log_every apart).
+    wall, prev = 0.0, 0
+    for r in rows:
+        wall += (r.get("step_time_s") or 0.0) * (r["step"] - prev)
+        prev = r["step"]
 
     def summary(when):
         f = path / f"heldout_{when}.json"
