@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="out/infer", metavar="DIR", help="where to write trajectory.json and bev.png")
     p.add_argument("--samples", type=int, default=None, metavar="K", help="trajectory samples (default: config)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (reasoning and flow noise)")
+    p.add_argument("--select", choices=("consistent", "likely", "first"), default="consistent",
+                   help="the sample to drive: the most likely of those whose trajectory agrees with their own "
+                        "reasoning (else the most likely), the most likely, or the first (default: consistent)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="run N times and report the last run's timing (the first includes compilation)")
     p.set_defaults(func=cmd_infer)
@@ -46,7 +49,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     try:
         run_scene(cfg, args.scene, args.out, checkpoint=checkpoint, tokenizer=args.tokenizer, samples=args.samples,
-                  seed=args.seed, repeat=args.repeat)
+                  seed=args.seed, repeat=args.repeat, select=args.select)
     except InferInputError as e:
         raise CLIError(str(e)) from None
     return EXIT_OK

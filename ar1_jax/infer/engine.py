@@ -47,6 +47,28 @@ class InferenceResult:
     num_reasoning_tokens: np.ndarray  # [B, K] tokens before <|traj_future_start|>
     forced: np.ndarray  # [B, K] True where <|traj_future_start|> had to be forced
     timing: dict[str, float]
+    reasoning_logp: np.ndarray | None = None  # [B, K] log-likelihood of each reasoning, stop token included
+
+    def choose(self, v0, mode: str = "consistent", dt: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """The sample to drive per scene, int `[B]`, and each sample's reasoning-action consistency, bool
+        `[B, K]` (`infer.select`). mode "consistent": the most likely consistent sample (else the most
+        likely); "likely": the most likely; "first": sample 0. v0: `[B]` (or one) speed at t0, m/s."""
+        from ar1_jax.infer import select
+
+        b, k = self.trajectory.shape[:2]
+        speeds = np.broadcast_to(np.asarray(v0, np.float64), (b,))
+        consistent = np.stack([select.sample_consistency(self.decisions[i], self.trajectory[i], speeds[i], dt)
+                               for i in range(b)])
+        logp = self.reasoning_logp if self.reasoning_logp is not None else np.zeros((b, k))
+        if mode == "consistent":
+            chosen = [select.pick_consistent(consistent[i], logp[i]) for i in range(b)]
+        elif mode == "likely":
+            chosen = [select.pick_most_likely(logp[i]) for i in range(b)]
+        elif mode == "first":
+            chosen = [0] * b
+        else:
+            raise ValueError(f"choose: mode must be consistent, likely or first, got {mode!r}")
+        return np.asarray(chosen, np.int32), consistent
 
 
 class Engine:
@@ -140,9 +162,12 @@ class Engine:
         n_reason = np.array([[int(np.argmax(r == fs_tok)) if (r == fs_tok).any() else r.shape[0] for r in row]
                              for row in tokens])
         texts, decisions = self._texts(tokens, n_reason)
+        logp = np.asarray(dec.logp).reshape(b, k, -1)
+        upto = np.arange(logp.shape[-1])[None, None] <= n_reason[..., None]  # reasoning and its stop token
         return InferenceResult(text=texts, decisions=decisions, trajectory=np.asarray(xy).reshape(b, k, -1, 2),
                                controls=np.asarray(controls).reshape(b, k, -1, 2), reasoning_ids=tokens,
-                               num_reasoning_tokens=n_reason, forced=np.asarray(forced).reshape(b, k), timing=timing)
+                               num_reasoning_tokens=n_reason, forced=np.asarray(forced).reshape(b, k), timing=timing,
+                               reasoning_logp=np.where(upto, logp, 0.0).sum(-1))
 
     def _texts(self, tokens, n_reason):
         if self.tokenizer is None:

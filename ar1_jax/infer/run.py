@@ -114,15 +114,17 @@ def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir:
 
 def run_scene(cfg: Config, scene: scene_lib.Scene | str | pathlib.Path, out: str | pathlib.Path, *,
               checkpoint: str | pathlib.Path | None = None, tokenizer: str | pathlib.Path | None = None,
-              samples: int | None = None, seed: int = 0, repeat: int = 1,
+              samples: int | None = None, seed: int = 0, repeat: int = 1, select: str = "consistent",
               say: Callable[[str], None] = _say) -> dict:
     """Runs AR1 on `scene` (a Scene, a scene .npz path, or "random") and writes `out`/trajectory.json
     and `out`/bev.png.
 
     `checkpoint`: a release-layout checkpoint directory (else random weights); `tokenizer`: a tokenizer
     directory (default: the checkpoint's, else ours cached in `out`/tokenizer); `samples`: trajectory
-    samples (default: the config's); `repeat`: runs, the last one's timing is kept (the first compiles).
-    Returns {config, scene, seed, v0, timing, samples: [{text, trajectory_xy, controls, forced}]}.
+    samples (default: the config's); `repeat`: runs, the last one's timing is kept (the first compiles);
+    `select`: which sample to drive (`InferenceResult.choose`: consistent, likely or first).
+    Returns {config, scene, seed, v0, timing, select, chosen, samples: [{text, trajectory_xy, controls,
+    forced, consistent, reasoning_logp}]}.
     """
     from ar1_jax.eval import viz
     from ar1_jax.infer import engine as engine_lib
@@ -148,17 +150,24 @@ def run_scene(cfg: Config, scene: scene_lib.Scene | str | pathlib.Path, out: str
         result = eng.run(ids, pv, grid, v0=v0, seed=seed, num_samples=samples)
         if repeat > 1:
             say(f"      run {i + 1}/{repeat}: {result.timing['total'] * 1e3:.1f} ms")
+    chosen, consistent = result.choose(v0, select, cfg.action.dt)
+    chosen, consistent = int(chosen[0]), consistent[0]
     for k, (text, dec) in enumerate(zip(result.text[0], result.decisions[0])):
         forced = " (traj_future_start forced at the token budget)" if result.forced[0, k] else ""
         parsed = (f"{dec.longitudinal}/{dec.lateral}" if dec is not None and dec.ok else "unparseable")
-        say(f"  sample {k}: {text!r} -> {parsed}{forced}")
+        agree = "consistent" if consistent[k] else "inconsistent"
+        say(f"  sample {k}: {text!r} -> {parsed}, {agree}, log-likelihood {result.reasoning_logp[0, k]:.2f}{forced}")
+    say(f"      driving sample {chosen} (--select {select}: {int(consistent.sum())} of {len(consistent)} samples "
+        "agree with their own reasoning)")
     t = result.timing
     say("      timing: " + ", ".join(f"{k} {t[k] * 1e3:.1f} ms" for k in TIMING_KEYS)
         + f", {t['decode_steps']} tokens at {t['decode_per_token'] * 1e3:.2f} ms/token")
     say("[4/4] writing outputs")
-    record = dict(config=cfg.name, scene=scene.name, seed=seed, v0=v0, timing=t,
+    record = dict(config=cfg.name, scene=scene.name, seed=seed, v0=v0, timing=t, select=select, chosen=chosen,
                   samples=[dict(text=text, trajectory_xy=result.trajectory[0, k].round(4).tolist(),
-                                controls=result.controls[0, k].round(5).tolist(), forced=bool(result.forced[0, k]))
+                                controls=result.controls[0, k].round(5).tolist(), forced=bool(result.forced[0, k]),
+                                consistent=bool(consistent[k]),
+                                reasoning_logp=round(float(result.reasoning_logp[0, k]), 4))
                            for k, text in enumerate(result.text[0])])
     (out / "trajectory.json").write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
     viz.plot_bev(out / "bev.png", result.trajectory[0], scene.history_xyz[:, :2],

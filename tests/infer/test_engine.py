@@ -73,3 +73,20 @@ def test_greedy_decode_matches_cache_free_reference(engine):
         seq.append(want)
         if want == cfg.tokens.traj_future_start_id:
             break
+
+
+def test_reasoning_log_likelihood_and_the_sample_to_drive(engine):
+    from ar1_jax.infer import select
+
+    cfg, tok = engine.cfg, engine.tokenizer
+    ids, _, pv, grid = F.scene_inputs(cfg, tok, np.random.default_rng())
+    r = engine.run(ids, pv, grid, v0=6.0, seed=int(np.random.default_rng().integers(100)), num_samples=4)
+    assert r.reasoning_logp.shape == (1, 4) and np.all(r.reasoning_logp < 0) and np.isfinite(r.reasoning_logp).all()
+    chosen, consistent = r.choose(6.0)
+    want = select.sample_consistency(r.decisions[0], r.trajectory[0], 6.0)
+    np.testing.assert_array_equal(consistent[0], want)
+    assert chosen[0] == select.pick_consistent(want, r.reasoning_logp[0])
+    assert r.choose(6.0, "likely")[0][0] == int(np.argmax(r.reasoning_logp[0]))
+    assert r.choose(6.0, "first")[0][0] == 0
+    with pytest.raises(ValueError, match="mode"):
+        r.choose(6.0, "best")
