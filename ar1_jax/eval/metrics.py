@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ar1_jax.rl.rewards import COMFORT_BOUNDS, COMFORT_WINDOW, kinematics
+from ar1_jax.eval.kinematics import COMFORT_BOUNDS, COMFORT_WINDOW, kinematics
 
 __all__ = ["HORIZONS_S", "L2_TIMES_S", "horizon_steps", "min_ade_fde", "l2_at", "comfort_shares",
            "decision_accuracy"]
@@ -77,7 +77,7 @@ def l2_at(pred: XY, gt: XY, dt: float = 0.1, times_s: Sequence[float] = L2_TIMES
 
 def comfort_shares(xy: XY, v0: PerScene, dt: float = 0.1, window: int = COMFORT_WINDOW) -> dict[str, PerScene]:
     """Per nuPlan comfort bound (lon_accel, lat_accel, jerk, lon_jerk, yaw_rate, yaw_accel: the
-    quantities of `rl.rewards.kinematics` at t0 and every row), the share of those T + 1 time points
+    quantities of `eval.kinematics.kinematics` at t0 and every row), the share of those T + 1 time points
     within the bound, `comfort/<name>` `[B]` in [0, 1]; and `comfortable` `[B]` 1.0 when every bound
     holds at every point, else 0.0 (NaN or inf anywhere: 0 everywhere)."""
     xy = jnp.asarray(xy, jnp.float32)
