@@ -44,6 +44,15 @@ RL_SPEC = BatchSpec("rl", {
     "sde_logp": Field(("B", "S"), "float32", ("batch", None), optional=True),
     "rewards": Field(("B", len(REWARD_COLUMNS)), "float32", ("batch", None)),
 }, tokens="kv_valid")
+#: RL batches without Flow-GRPO's SDE chain (the expert trained by AWFM, FPO or not at all).
+RL_SPEC_NO_SDE = BatchSpec("rl", {k: f for k, f in RL_SPEC.fields.items() if not k.startswith("sde_")},
+                           tokens="kv_valid")
+
+
+def rl_spec(cfg: Config) -> BatchSpec:
+    """The batch spec of `cfg`'s RL batches: the SDE fields only when the expert trains by Flow-GRPO
+    (the step is compiled for exactly the fields the batches carry)."""
+    return RL_SPEC if cfg.rl.expert_loss == "flow_grpo" else RL_SPEC_NO_SDE
 
 
 def rl_length(cfg: Config, prompt_length: int) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ar1_jax.config import Config, ConfigError
 from ar1_jax.rl import grpo, rewards as rewards_lib
-from ar1_jax.rl.batch import REWARD_COLUMNS, RL_SPEC, build_rl_batch
+from ar1_jax.rl.batch import REWARD_COLUMNS, build_rl_batch, rl_spec
 from ar1_jax.rl.loss import rl_loss, sequence_logp
 from ar1_jax.rl.rollout import Roller
 from ar1_jax.rl.scenes import ScenePool, arrays_of, prompts_of
@@ -115,7 +115,7 @@ class RolloutSource:
         table = np.stack([cols[c] for c in REWARD_COLUMNS], axis=1)
         host = build_rl_batch(cfg, scenes, rollouts, token_adv=token_adv * kept, expert_adv=expert_adv * kept,
                               kept=kept, rewards=table)
-        batch = RL_SPEC.globalize(host, self.mesh, cfg.mesh.rules, num_processes=1)
+        batch = rl_spec(cfg).globalize(host, self.mesh, cfg.mesh.rules, num_processes=1)
         batch["ref_logp"] = self._ref_logp(self.reference, batch)
         rollout_s = time.perf_counter() - t0
         self._metrics = {"rollout_s": rollout_s, "update_s": update_s, "forced_frac": float(rollouts.forced.mean()),
@@ -146,8 +146,8 @@ class RolloutSource:
 
 
 def rl_task(cfg: Config, tokenizer) -> Task:
-    """RL on world scenes: `rl_loss`, `RL_SPEC`, `RolloutSource` (no FLOPs estimate yet)."""
-    return Task(name="rl", loss_fn=rl_loss, spec=RL_SPEC, open_batches=lambda mesh: RolloutSource(cfg, tokenizer, mesh))
+    """RL on world scenes: `rl_loss`, `rl_spec(cfg)`, `RolloutSource` (no FLOPs estimate yet)."""
+    return Task(name="rl", loss_fn=rl_loss, spec=rl_spec(cfg), open_batches=lambda mesh: RolloutSource(cfg, tokenizer, mesh))
 
 
 def rl_config(cfg: Config) -> Config:

@@ -96,6 +96,24 @@ def test_batch_loss_and_gradients_of_both_heads(tiny):
     assert all(np.isfinite(v) for v in gnorm.values())
 
 
+@pytest.mark.parametrize("method", ["awfm", "fpo"])
+def test_the_step_compiles_for_the_likelihood_free_expert_methods(tiny, method):
+    """Without Flow-GRPO the batches carry no SDE chain, and the driver's step is built for exactly the
+    fields they carry (`ar1 rl --set rl.expert_loss=awfm` failed with a pytree mismatch before)."""
+    from ar1_jax.train.trainer import Trainer
+
+    cfg = rl_task.rl_config(get_config("ar1_tiny", SETS + (f"rl.expert_loss={method}",)))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    src = rl_task.RolloutSource(cfg, tiny["tok"], mesh)
+    src.pool = tiny["pool"]
+    src.set_policy(tiny["params"])
+    batch = next(src)
+    assert "sde_states" not in batch and "sde_logp" not in batch
+    task = rl_task.rl_task(cfg, tiny["tok"])
+    trainer = Trainer(cfg, mesh, loss_fn=task.loss_fn, spec=task.spec)
+    trainer.compile_step().lower(trainer.abstract_state, batch)  # traces the loss; raised before the fix
+
+
 def test_heldout_scores_are_rates_and_repeat_for_the_same_policy(tiny):
     cfg = tiny["cfg"]
     a = heldout.evaluate(cfg, tiny["params"], tiny["tok"], 2, roller=tiny["roller"])
