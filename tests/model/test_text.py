@@ -94,7 +94,12 @@ def test_generate_is_deterministic_and_matches_stepwise_argmax(runner):
     assert new.shape == (1, 5)
     np.testing.assert_array_equal(new, runner.generate(ids, pixel_values=pv, image_grid_thw=grid, max_new_tokens=5))
     seq = ids
+    placeholders = {cfg.image_token_id, cfg.video_token_id}
     for i in range(5):  # reference: full forward each step, no cache
         logits = np.asarray(runner(seq, pixel_values=pv, image_grid_thw=grid))
         assert logits[0, -1].argmax() == new[0, i]
+        if int(new[0, i]) in placeholders:
+            # A random model may emit the image token id. Decoding embeds it as text, but a full forward
+            # reads it as an image placeholder needing pixels, so the cache-free reference ends here.
+            break
         seq = np.concatenate([seq, new[:, i:i + 1]], 1)
