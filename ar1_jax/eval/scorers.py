@@ -9,7 +9,7 @@ logged track is the expert's, the same shape. `ScoringArrays` adds to a scene's 
 only scoring reads: the lanes (centreline segments with their travel headings) and the logged track.
 
 Definitions (thresholds are the module constants):
-  collision      the ego box overlaps an agent's box at some step (`world.arrays.footprint_checks`).
+  collision      the ego box overlaps an agent's box at some step (`world.arrays.agent_hits`).
   kind           at the first step of contact with an agent: "front" when the agent's centre lies ahead
                  of the ego box's front edge (along the ego heading), "rear" behind its back edge,
                  "lateral" otherwise (a side swipe).
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ar1_jax.world.arrays import SceneArrays, footprint_checks, scene_arrays
+from ar1_jax.world.arrays import SceneArrays, agent_hits, ego_box_centres, offroad_steps, scene_arrays
 from ar1_jax.world.geometry import boxes_overlap, lane_of_point
 from ar1_jax.world.planner import STOP_SPEED
 from ar1_jax.world.scene import Scene
@@ -55,7 +55,6 @@ ALPASIM_PROGRESS = 0.8  # progress at which AlpaSim's score saturates
 Track = Float[Array, "T 3"]
 Pose = Float[Array, "3"]
 PerStep = Float[Array, "T"]
-Points = Float[Array, "T 2"]
 Lanes = Float[Array, "S 2"]
 SegInt = Int[Array, "S"]
 SegFloat = Float[Array, "S"]
@@ -109,19 +108,14 @@ def _speeds(track: Track, start: Pose, dt: float) -> PerStep:
     return jnp.linalg.norm(xy[1:] - xy[:-1], axis=-1) / dt
 
 
-def _box_centres(track: Track, offset) -> Points:
-    return track[:, :2] + offset * jnp.stack([jnp.cos(track[:, 2]), jnp.sin(track[:, 2])], -1)
-
-
 def collision_kinds(ego: Track, arrays: SceneArrays, dt: float = 0.1) -> dict[str, Flag]:
     """Collisions of the ego track with the scene's agents: `collision` (any contact), `front`,
     `lateral`, `rear` (the kind of each agent's first contact, module docstring), `at_fault` (a front
     or lateral contact while the ego moves) and `at_fault_front` / `at_fault_lateral`. Bool scalars."""
     ego = jnp.asarray(ego, jnp.float32)
     agents = jnp.asarray(arrays.agent_poses)  # [A, T, 3]
-    centre = _box_centres(ego, arrays.ego_offset)
-    hit = boxes_overlap(centre[None], ego[None, :, 2], jnp.asarray(arrays.ego_half), agents[..., :2], agents[..., 2],
-                        jnp.asarray(arrays.agent_half)[:, None, :]) & jnp.asarray(arrays.agent_valid)[:, None]
+    centre = ego_box_centres(ego, arrays.ego_offset)
+    hit = agent_hits(ego, arrays)  # [A, T]
     touched = jnp.any(hit, axis=1)  # [A]
     first = jnp.argmax(hit, axis=1)  # [A] first contact step (0 where none: masked by `touched`)
     fwd = jnp.stack([jnp.cos(ego[first, 2]), jnp.sin(ego[first, 2])], -1)  # [A, 2]
@@ -146,12 +140,12 @@ def close_encounter(ego: Track, arrays: SceneArrays, dt: float = 0.1, gap_m: flo
     ego = jnp.asarray(ego, jnp.float32)
     agents = jnp.asarray(arrays.agent_poses)
     valid = jnp.asarray(arrays.agent_valid)[:, None]
-    centre = _box_centres(ego, arrays.ego_offset)
+    centre = ego_box_centres(ego, arrays.ego_offset)
     half, ahalf = jnp.asarray(arrays.ego_half), jnp.asarray(arrays.agent_half)[:, None, :]
     gap = boxes_overlap(centre[None], ego[None, :, 2], half, agents[..., :2], agents[..., 2], ahalf,
                         margin=gap_m / 2) & valid
     start = jnp.asarray(arrays.ego0_pose)
-    ego_start = _box_centres(start[None], arrays.ego_offset)
+    ego_start = ego_box_centres(start[None], arrays.ego_offset)
     ego_vel = jnp.diff(jnp.concatenate([ego_start, centre], 0), axis=0) / dt  # [T, 2]
     agent_vel = jnp.diff(jnp.concatenate([agents[:, :1, :2], agents[..., :2]], 1), axis=1) / dt  # [A, T, 2]
     ks = jnp.arange(1, int(round(ttc_s / ttc_step_s)) + 1, dtype=jnp.float32) * ttc_step_s  # [K]
@@ -168,7 +162,7 @@ def wrong_lane(ego: Track, arrays: ScoringArrays) -> Value:
     """Share of steps (in [0, 1]) whose ego centre lies in a lane travelled the other way
     (heading difference over WRONG_WAY_RAD)."""
     ego = jnp.asarray(ego, jnp.float32)
-    centre = _box_centres(ego, arrays.scene.ego_offset)
+    centre = ego_box_centres(ego, arrays.scene.ego_offset)
     lane = lane_of_point(centre, arrays.seg_start, arrays.seg_end, arrays.seg_lane, arrays.seg_half_width)
     # The heading of the lane found: any of its segments carries it (`seg_lane` == lane).
     match = jnp.asarray(arrays.seg_lane)[None, :] == lane[:, None]
@@ -208,8 +202,7 @@ def score_track(ego: Track, arrays: ScoringArrays, comfortable: Value, dt: float
     `pdm_score`; `comfortable` (0 / 1) from `eval.metrics.comfort_shares`. Jittable, vmap over scenes."""
     col = collision_kinds(ego, arrays.scene, dt)
     close = close_encounter(ego, arrays.scene, dt)
-    _, offroad_steps = footprint_checks(jnp.asarray(ego, jnp.float32), arrays.scene)
-    offroad = jnp.any(offroad_steps)
+    offroad = jnp.any(offroad_steps(jnp.asarray(ego, jnp.float32), arrays.scene))
     prog = progress(ego, arrays.logged, arrays.scene.ego0_pose)
     out = {k: v.astype(jnp.float32) for k, v in {**col, **close, "offroad": offroad}.items()}
     out.update(wrong_lane=wrong_lane(ego, arrays), progress=prog, **distance_to_log(ego, arrays.logged))

@@ -19,7 +19,8 @@ from jaxtyping import Array, Bool, Float
 from ar1_jax.world.geometry import boxes_overlap, inside_rects
 from ar1_jax.world.scene import EGO_REAR, Scene, ego_footprint
 
-__all__ = ["SceneArrays", "scene_arrays", "stack_scene_arrays", "ego0_to_world", "footprint_checks"]
+__all__ = ["SceneArrays", "scene_arrays", "stack_scene_arrays", "ego0_to_world", "ego_box_centres", "agent_hits",
+           "offroad_steps", "footprint_checks"]
 
 # jaxtyping shapes as aliases (pyflakes reads strings inside annotations as Python).
 Pose = Float[np.ndarray, "3"]
@@ -36,6 +37,8 @@ Ego0Pose = Float[Array, "... 3"]
 WorldPoses = Float[Array, "... T 3"]
 EgoPoses = Float[Array, "T 3"]
 StepFlags = Bool[Array, "T"]
+AgentStepFlags = Bool[Array, "A T"]
+BoxCentres = Float[Array, "T 2"]
 
 # A rectangle no point lies in (x_min > x_max): what padded drivable rows become inside the checks.
 _EMPTY_RECT = np.array([np.inf, -np.inf, np.inf, -np.inf], np.float32)
@@ -115,27 +118,44 @@ def ego0_to_world(xy: PathXY, heading: PathHeading, ego0_pose: Ego0Pose) -> Worl
     return jnp.stack([x, y, pose[..., None, 2] + jnp.asarray(heading)], -1)
 
 
+def ego_box_centres(ego: EgoPoses, ego_offset) -> BoxCentres:
+    """Centres `[T, 2]` (m) of the ego box at rear-axle poses `ego` `[T, 3]` (world x, y, yaw), the box
+    centre lying `ego_offset` m ahead of the rear axle. Jittable."""
+    ego = jnp.asarray(ego)
+    return ego[:, :2] + ego_offset * jnp.stack([jnp.cos(ego[:, 2]), jnp.sin(ego[:, 2])], -1)
+
+
+def agent_hits(ego: EgoPoses, arrays: SceneArrays) -> AgentStepFlags:
+    """Per agent and step, whether the ego box overlaps that (valid) agent's box (`geometry.boxes_overlap`,
+    touching counts, as in `scoring.collisions`). `ego` as in `footprint_checks`. Jittable."""
+    ego = jnp.asarray(ego)
+    agents = jnp.asarray(arrays.agent_poses)  # [A, T, 3]
+    hit = boxes_overlap(ego_box_centres(ego, arrays.ego_offset)[None], ego[None, :, 2], jnp.asarray(arrays.ego_half),
+                        agents[..., :2], agents[..., 2], jnp.asarray(arrays.agent_half)[:, None, :])
+    return hit & jnp.asarray(arrays.agent_valid)[:, None]
+
+
+def offroad_steps(ego: EgoPoses, arrays: SceneArrays) -> StepFlags:
+    """Per step, whether any of the ego box's four corners lies outside every valid drivable rectangle
+    (edges count as road). `ego` as in `footprint_checks`. Jittable."""
+    ego = jnp.asarray(ego)
+    fwd = jnp.stack([jnp.cos(ego[:, 2]), jnp.sin(ego[:, 2])], -1)  # [T, 2]
+    left = jnp.stack([-fwd[:, 1], fwd[:, 0]], -1)
+    centre = ego_box_centres(ego, arrays.ego_offset)
+    a, b = arrays.ego_half[0], arrays.ego_half[1]
+    signs = jnp.asarray([[1, 1], [1, -1], [-1, 1], [-1, -1]], jnp.float32)  # [4, 2]
+    corners = (centre[:, None] + signs[:, :1] * a * fwd[:, None] + signs[:, 1:] * b * left[:, None])  # [T, 4, 2]
+    rects = jnp.where(jnp.asarray(arrays.rect_valid)[:, None], jnp.asarray(arrays.drivable_rects), _EMPTY_RECT)
+    return ~jnp.all(inside_rects(corners, rects), axis=-1)
+
+
 def footprint_checks(ego: EgoPoses, arrays: SceneArrays) -> tuple[StepFlags, StepFlags]:
     """Per step, whether the ego box hits any agent and whether it leaves the drivable area.
 
     ego: `[T, 3]` world rear-axle poses (x, y, yaw) at scene steps t0 + 1 .. t0 + T, one scene
     (unbatched `arrays`; vmap for batches). Collision: the ego box overlaps a valid agent's box at the
-    same step (`geometry.boxes_overlap`, touching counts, as in `scoring.collisions`). Off-road: any
-    of the ego box's four corners lies outside every valid drivable rectangle (edges count as road),
-    so a wheel over the kerb is off-road even while the body's centre is on the road. Returns two
-    bool `[T]`. Jittable.
+    same step (`agent_hits`). Off-road: any of the ego box's four corners lies outside every valid
+    drivable rectangle (`offroad_steps`), so a wheel over the kerb is off-road even while the body's
+    centre is on the road. Returns two bool `[T]`. Jittable.
     """
-    ego = jnp.asarray(ego)
-    fwd = jnp.stack([jnp.cos(ego[:, 2]), jnp.sin(ego[:, 2])], -1)  # [T, 2]
-    left = jnp.stack([-fwd[:, 1], fwd[:, 0]], -1)
-    centre = ego[:, :2] + arrays.ego_offset * fwd
-    agents = jnp.asarray(arrays.agent_poses)  # [A, T, 3]
-    hit = boxes_overlap(centre[None], ego[None, :, 2], jnp.asarray(arrays.ego_half),
-                        agents[..., :2], agents[..., 2], jnp.asarray(arrays.agent_half)[:, None, :])
-    collide = jnp.any(hit & jnp.asarray(arrays.agent_valid)[:, None], axis=0)
-    a, b = arrays.ego_half[0], arrays.ego_half[1]
-    signs = jnp.asarray([[1, 1], [1, -1], [-1, 1], [-1, -1]], jnp.float32)  # [4, 2]
-    corners = (centre[:, None] + signs[:, :1] * a * fwd[:, None] + signs[:, 1:] * b * left[:, None])  # [T, 4, 2]
-    rects = jnp.where(jnp.asarray(arrays.rect_valid)[:, None], jnp.asarray(arrays.drivable_rects), _EMPTY_RECT)
-    offroad = ~jnp.all(inside_rects(corners, rects), axis=-1)
-    return collide, offroad
+    return jnp.any(agent_hits(ego, arrays), axis=0), offroad_steps(ego, arrays)
