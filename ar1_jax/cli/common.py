@@ -4,6 +4,7 @@ parser helpers (a command's subparser, its --config/--set options)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 from typing import Callable, Sequence
@@ -84,6 +85,23 @@ def note_config_changes(workdir: pathlib.Path, cfg) -> None:
     if changes:
         print(f"note: config differs from the run's saved {workdir / 'config.json'} in: {'; '.join(changes)}",
               file=sys.stderr)
+
+
+@contextlib.contextmanager
+def driver_errors():
+    """Around a training-driver run (`ar1 train`, `ar1 rl`): a bad config, input or checkpoint (ValueError
+    includes a bad record and another model's checkpoint) becomes a CLIError (exit 2), divergence one
+    with exit 1."""
+    from ar1_jax.config import ConfigError
+    from ar1_jax.train import checkpoint as ckpt_lib
+    from ar1_jax.train import driver
+
+    try:
+        yield
+    except (ConfigError, ValueError, FileNotFoundError, ckpt_lib.DamagedCheckpoint) as e:
+        raise CLIError(str(e)) from None
+    except driver.TrainingDiverged as e:
+        raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
 
 
 def run_outcome(result, workdir: pathlib.Path, metric: str, label: str) -> int:

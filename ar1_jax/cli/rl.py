@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from ar1_jax.cli.common import EXIT_FAILED, CLIError, add_config_args, note_config_changes, run_outcome, sub
+from ar1_jax.cli.common import CLIError, add_config_args, driver_errors, note_config_changes, run_outcome, sub
 
 
 def register(subparsers) -> None:
@@ -55,8 +55,7 @@ def cmd_rl(args: argparse.Namespace) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     from ar1_jax.config import ConfigError
     from ar1_jax.rl import task as rl_task
-    from ar1_jax.train import checkpoint as ckpt_lib
-    from ar1_jax.train import driver, startup
+    from ar1_jax.train import startup
 
     if not args.config:
         raise CLIError("--config is required (an AR1 config, e.g. ar1_tiny)")
@@ -88,13 +87,9 @@ def cmd_rl(args: argparse.Namespace) -> int:
           f"{cfg.train.init_from or 'random weights'} -> {workdir}", flush=True)
     if args.heldout and not (workdir / "heldout_before.json").exists():
         _heldout(cfg, workdir, args.heldout, "before", checkpoint=None)
-    try:
+    with driver_errors():
         result = rl_task.run(cfg, workdir, progress=not args.no_progress, max_steps=args.stop_after,
                              from_step=args.from_step)
-    except (ConfigError, ValueError, FileNotFoundError, ckpt_lib.DamagedCheckpoint) as e:
-        raise CLIError(str(e)) from None
-    except driver.TrainingDiverged as e:
-        raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
     code = run_outcome(result, workdir, "reward/total", "reward")
     if args.heldout and code == 0:
         _heldout(cfg, workdir, args.heldout, "after", checkpoint=workdir)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from ar1_jax.cli.common import (EXIT_FAILED, CLIError, add_config_args, exit_code, note_config_changes, run_outcome,
-                                sub)
+from ar1_jax.cli.common import (EXIT_FAILED, CLIError, add_config_args, driver_errors, exit_code, note_config_changes,
+                                run_outcome, sub)
 
 
 def register(subparsers) -> None:
@@ -113,16 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _run(cfg, workdir: pathlib.Path, args: argparse.Namespace) -> int:
     import jax
 
-    from ar1_jax.config import ConfigError
-    from ar1_jax.train import checkpoint as ckpt_lib
-    from ar1_jax.train import driver, sft
+    from ar1_jax.train import sft
 
-    try:
+    with driver_errors():
         result = sft.run(cfg, workdir, progress=not args.no_progress, max_steps=args.stop_after,
-                             from_step=args.from_step)
-    except (ConfigError, ValueError, FileNotFoundError, ckpt_lib.DamagedCheckpoint) as e:
-        # ValueError includes a bad record (BadRecordError) and another model's checkpoint (CheckpointMismatch).
-        raise CLIError(str(e)) from None
-    except driver.TrainingDiverged as e:
-        raise CLIError(f"training diverged: {e}", EXIT_FAILED) from None
+                         from_step=args.from_step)
     return run_outcome(result, workdir, "loss", "loss") if jax.process_index() == 0 else exit_code(result)
