@@ -136,8 +136,7 @@ def sft_stage(dataset_dir: pathlib.Path, workdir: pathlib.Path, seed: int, steps
     t0 = time.perf_counter()
     result = sft.run(cfg, workdir, progress=sys.stderr.isatty())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    viz.plot_training_curves(workdir / "loss.png", rows,
-                             title=f"SFT of {cfg.name} on synthetic scenes")
+    viz.plot_curves(workdir / "loss.png", rows, title=f"SFT of {cfg.name} on synthetic scenes")
     first, last = rows[0], rows[-1]
     say(f"      loss {first['loss']:.2f} -> {last['loss']:.2f} (reasoning CE {first['ce_reasoning']:.2f} -> "
         f"{last['ce_reasoning']:.2f}, trajectory-token CE {first['ce_trajectory']:.2f} -> "

@@ -10,7 +10,7 @@ import pathlib
 import sys
 from typing import Callable, Sequence
 
-from ar1_jax.cli import bench, convert, data, demo, infer, rl, train
+from ar1_jax.cli import bench, convert, data, demo, infer, rl, train, viz
 from ar1_jax.cli.common import (ARRIVES_WITH, EXIT_NOT_AVAILABLE, EXIT_OK, CLIError, Formatter, NotAvailable,
                                 add_config_args, load_config, print_help, sub)
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(subparsers)
     convert.register(subparsers)
     demo.register(subparsers)
+    viz.register(subparsers)
     _register_configs(subparsers)
     parser.set_defaults(func=print_help(parser))
     return parser
