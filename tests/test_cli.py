@@ -96,16 +96,13 @@ def test_bad_override_exits_2_naming_field():
     assert "error: " in r.stderr and "model.text.num_layerz" in r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["eval"])
-def test_not_yet_available_exits_3(cmd):
-    r = ar1(cmd)
-    assert r.returncode == 3
-    assert f"ar1 {cmd}: not yet available (arrives with " in r.stderr
-
-
-def test_not_yet_available_still_checks_the_config():
-    r = ar1("eval", "--config", "no_such_config")
+def test_eval_needs_a_checkpoint_or_a_baseline_and_checks_the_config():
+    r = ar1("eval")
+    assert r.returncode == 2 and "--checkpoint" in r.stderr
+    r = ar1("eval", "--config", "no_such_config", "--policy", "planner")
     assert r.returncode == 2 and "no_such_config" in r.stderr
+    r = ar1("eval", "--policy", "planner", "--checkpoint", "/no/such/dir")
+    assert r.returncode == 2 and "/no/such/dir" in r.stderr
 
 
 def test_train_names_a_bad_config_and_needs_a_workdir():
@@ -127,7 +124,7 @@ def test_in_process_main_matches_subprocess(capsys):
     assert "tiny" in capsys.readouterr().out
     assert cli.main(["configs", "--show", "nope"]) == 2
     assert "error: unknown config 'nope'" in capsys.readouterr().err
-    assert cli.main(["eval"]) == 3
+    assert cli.main(["eval"]) == 2
 
 
 def test_parse_layers():

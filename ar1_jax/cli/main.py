@@ -1,5 +1,5 @@
 """The `ar1` parser and `main`: each command group registers its subcommands from its own module
-(data, train, infer, bench, convert, demo); `configs` and the commands not yet available live here."""
+(data, train, rl, eval, infer, bench, convert, demo, viz); `configs` lives here."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import ast
 import json
 import pathlib
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-from ar1_jax.cli import bench, convert, data, demo, infer, rl, train, viz
-from ar1_jax.cli.common import (ARRIVES_WITH, EXIT_NOT_AVAILABLE, EXIT_OK, CLIError, Formatter, NotAvailable,
-                                add_config_args, load_config, print_help, sub)
+from ar1_jax.cli import bench, convert, data, demo, eval as eval_cli, infer, rl, train, viz
+from ar1_jax.cli.common import (EXIT_NOT_AVAILABLE, EXIT_OK, CLIError, Formatter, NotAvailable, load_config,
+                                print_help, sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(subparsers)
     train.register(subparsers)
     rl.register(subparsers)
-    _register_not_yet(subparsers)
+    eval_cli.register(subparsers)
     infer.register(subparsers)
     bench.register(subparsers)
     convert.register(subparsers)
@@ -55,35 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-# ----------------------------------------------------------------------------------------------------
-# Commands not yet available: they still check their config.
-
-
-NOT_YET = {  # command: (summary, description, --out help)
-    "eval": ("Evaluate a checkpoint open loop (minADE) and closed loop.",
-             "Open-loop trajectory metrics, reasoning metrics and a closed-loop kinematic simulator,\n"
-             "with plots.", "where to write metrics and plots"),
-}
-
-
-def _register_not_yet(subparsers) -> None:
-    for name, (summary, description, out_help) in NOT_YET.items():
-        p = sub(subparsers, name, summary,
-                f"{description}\nNot yet available: arrives with {ARRIVES_WITH[name]}.")
-        add_config_args(p)
-        p.add_argument("--out", metavar="DIR", help=out_help)
-        p.set_defaults(func=_not_yet(name))
-
-
-def _not_yet(command: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        if getattr(args, "config", None) is not None:  # a bad config still fails as one
-            load_config(args.config, args.overrides)
-        raise NotAvailable(command, ARRIVES_WITH[command])
-
-    return handler
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def _text(value: Any) -> str:
     raise TypeError(f"expected text, got {type(value).__name__}")
 
 
-class _Reject(Exception):
+class _Reject(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
@@ -212,7 +212,7 @@ class DecodeScene:
         for k, data in enumerate(pngs):
             c, f = divmod(k, s.num_frames)
             with _field(f"images[camera {c} (id {int(cams[c])}), frame {f}]"):
-                frames.append(_decode_png(data))
+                frames.append(decode_png(data))
         with _field("images"):
             pv, grid = image_lib.preprocess_scene_frames(frames, self.cfg)
         # Poses and controls.
@@ -266,7 +266,8 @@ class _field:
         raise _FieldError(self.name, reason) from exc
 
 
-def _decode_png(data: Any) -> np.ndarray:
+def decode_png(data: Any) -> np.ndarray:
+    """An RGB PNG's pixels `uint8 [H, W, 3]`; a ValueError naming what is wrong otherwise."""
     from PIL import Image
 
     if not isinstance(data, (bytes, bytearray)):

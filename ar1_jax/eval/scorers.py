@@ -10,9 +10,10 @@ only scoring reads: the lanes (centreline segments with their travel headings) a
 
 Definitions (thresholds are the module constants):
   collision      the ego box overlaps an agent's box at some step (`world.arrays.agent_hits`).
-  kind           at the first step of contact with an agent: "front" when the agent's centre lies ahead
-                 of the ego box's front edge (along the ego heading), "rear" behind its back edge,
-                 "lateral" otherwise (a side swipe).
+  kind           one step before the first contact with an agent (the t0 pose for a contact at once):
+                 "front" when the agent's centre lies ahead of the ego box's front edge (along the ego
+                 heading), "rear" behind its back edge, "lateral" otherwise (a side swipe). A step
+                 earlier, because at speed one step carries the boxes well into each other.
   at fault       a front or lateral contact while the ego moves (speed above STOP_SPEED); being hit
                  from behind, or while standing, is not the ego's fault (nuPlan / AlpaSim).
   off-road       a corner of the ego box leaves the drivable area at some step.
@@ -42,7 +43,7 @@ from ar1_jax.world.geometry import boxes_overlap, lane_of_point
 from ar1_jax.world.planner import STOP_SPEED
 from ar1_jax.world.scene import Scene
 
-__all__ = ["CLOSE_GAP_M", "TTC_S", "TTC_STEP_S", "WRONG_WAY_RAD", "MIN_ROUTE_M", "ALPASIM_PROGRESS",
+__all__ = ["CLOSE_GAP_M", "TTC_S", "TTC_STEP_S", "WRONG_WAY_RAD", "MIN_ROUTE_M", "LANE_TOLERANCE_M", "ALPASIM_PROGRESS",
            "ScoringArrays", "scoring_arrays", "collision_kinds", "close_encounter", "wrong_lane", "progress",
            "distance_to_log", "score_track", "score_tracks"]
 
@@ -50,6 +51,7 @@ CLOSE_GAP_M = 0.5  # box-to-box gap (m) under which two boxes count as a close e
 TTC_S, TTC_STEP_S = 1.0, 0.1  # time-to-collision horizon and its step (s)
 WRONG_WAY_RAD = np.pi / 2
 MIN_ROUTE_M = 0.5
+LANE_TOLERANCE_M = 0.01  # centreline simplification for scoring (m)
 ALPASIM_PROGRESS = 0.8  # progress at which AlpaSim's score saturates
 
 Track = Float[Array, "T 3"]
@@ -82,8 +84,9 @@ class ScoringArrays(NamedTuple):
 
 
 def scoring_arrays(scene: Scene, max_agents: int, max_rects: int, max_segments: int) -> ScoringArrays:
-    """Packs `scene` for scoring (numpy; ValueError when it has more lane segments than `max_segments`)."""
-    starts, ends, lane, half = scene.road.lane_segments()
+    """Packs `scene` for scoring (numpy; ValueError when it has more lane segments than `max_segments`).
+    Lane centrelines are simplified to within LANE_TOLERANCE_M (a straight lane is one segment)."""
+    starts, ends, lane, half = scene.road.lane_segments(LANE_TOLERANCE_M)
     if len(starts) > max_segments:
         raise ValueError(f"scoring_arrays: scene {scene.scene_id} has {len(starts)} lane segments, more than "
                          f"max_segments={max_segments}")
@@ -118,8 +121,14 @@ def collision_kinds(ego: Track, arrays: SceneArrays, dt: float = 0.1) -> dict[st
     hit = agent_hits(ego, arrays)  # [A, T]
     touched = jnp.any(hit, axis=1)  # [A]
     first = jnp.argmax(hit, axis=1)  # [A] first contact step (0 where none: masked by `touched`)
-    fwd = jnp.stack([jnp.cos(ego[first, 2]), jnp.sin(ego[first, 2])], -1)  # [A, 2]
-    along = jnp.sum((agents[jnp.arange(agents.shape[0]), first, :2] - centre[first]) * fwd, -1)
+    # Where the agent was relative to the ego one step before contact (the t0 pose and the agent's first
+    # row for a contact at the first step): at speed a step moves the boxes well into each other.
+    start = jnp.asarray(arrays.ego0_pose, jnp.float32)[None]
+    before_ego = jnp.concatenate([start, ego], 0)[first]  # rows shifted by one: row i is step i - 1
+    before_centre = jnp.concatenate([ego_box_centres(start, arrays.ego_offset), centre], 0)[first]
+    before_agent = agents[jnp.arange(agents.shape[0]), jnp.maximum(first - 1, 0), :2]
+    fwd = jnp.stack([jnp.cos(before_ego[:, 2]), jnp.sin(before_ego[:, 2])], -1)  # [A, 2]
+    along = jnp.sum((before_agent - before_centre) * fwd, -1)
     half_len = arrays.ego_half[0]
     front = touched & (along > half_len)
     rear = touched & (along < -half_len)

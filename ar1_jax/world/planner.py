@@ -186,17 +186,18 @@ class Expert:
         kappa = 2.0 * ly / max(lx * lx + ly * ly, 1e-6)
         return a, min(max(kappa, -MAX_CURVATURE), MAX_CURVATURE)
 
-    def run(self, state: tuple[float, float, float, float], num_steps: int, a0: float | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-        """Drives `num_steps` steps from (x, y, heading, speed) at step 0: states `[num_steps + 1, 4]`
-        and the applied controls `[num_steps + 1, 2]` (the last row repeats the one before)."""
+    def run(self, state: tuple[float, float, float, float], num_steps: int, a0: float | None = None,
+            first_step: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Drives `num_steps` steps from (x, y, heading, speed) at scene step `first_step`: states
+        `[num_steps + 1, 4]` and the applied controls `[num_steps + 1, 2]` (the last row repeats the one
+        before). `a0`: the acceleration applied over the step before (the jerk limit's start)."""
         x, y, h, v = state
         dt = self.dt
         a_prev = free_accel(v, self.p.v_set, self.p) if a0 is None else a0
         states = [(x, y, h, v)]
         controls = []
         for k in range(num_steps):
-            a, kappa = self.control(k, x, y, h, v, a_prev)
+            a, kappa = self.control(first_step + k, x, y, h, v, a_prev)
             v1 = max(0.0, v + a * dt)
             a = (v1 - v) / dt
             h1 = h + kappa * v * dt + kappa * a * 0.5 * dt * dt

@@ -174,12 +174,14 @@ class RoadMap:
         `geometry.inside_rects` and `geometry.distance_to_drivable` take."""
         return np.asarray(self.drivable, np.float64).reshape(-1, 4)
 
-    def lane_segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def lane_segments(self, tolerance: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every lane's centreline as segments, the form `geometry.lane_of_point` takes: starts and ends
-        `float64 [S, 2]` (m), lane indices `int32 [S]` (into `lanes`), half widths `float64 [S]` (m)."""
+        `float64 [S, 2]` (m), lane indices `int32 [S]` (into `lanes`), half widths `float64 [S]` (m).
+        With `tolerance` > 0 (m), points that lie within it of the segment around them are dropped
+        (a straight lane becomes one segment)."""
         starts, ends, lane, half = [np.zeros((0, 2))], [np.zeros((0, 2))], [np.zeros(0, np.int32)], [np.zeros(0)]
         for i, ln in enumerate(self.lanes):
-            c = np.asarray(ln["centerline"], np.float64)
+            c = _simplify(np.asarray(ln["centerline"], np.float64), tolerance)
             starts.append(c[:-1])
             ends.append(c[1:])
             lane.append(np.full(len(c) - 1, i, np.int32))
@@ -189,6 +191,24 @@ class RoadMap:
     def on_road(self, xy: np.ndarray) -> np.ndarray:
         """Whether points `[..., 2]` lie on the drivable area (edges included)."""
         return inside_rects_np(xy, self.drivable_rects())
+
+
+def _simplify(line: np.ndarray, tolerance: float) -> np.ndarray:
+    """A polyline `[N, 2]` without the points that lie within `tolerance` (m) of the chord between the
+    last kept point and the one after them (greedy; the ends are kept)."""
+    if tolerance <= 0 or len(line) < 3:
+        return line
+    keep, start = [0], 0
+    for i in range(2, len(line)):
+        a, b = line[start], line[i]
+        d = b - a
+        norm = max(float(np.hypot(*d)), 1e-12)
+        inner = line[start + 1:i] - a
+        if np.max(np.abs(inner[:, 0] * d[1] - inner[:, 1] * d[0]) / norm) > tolerance:
+            keep.append(i - 1)
+            start = i - 1
+    keep.append(len(line) - 1)
+    return line[keep]
 
 
 @dataclass

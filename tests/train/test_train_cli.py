@@ -273,3 +273,23 @@ def test_infer_reads_a_run_its_step_directories_and_its_tokenizer(straight, tmp_
     assert cli.main(["infer", "--config", "ar1_tiny", "--checkpoint", str(tmp_path / "junk"), "--scene", "random",
                      "--out", str(out)]) == 2
     assert "neither an `ar1 train` / `ar1 rl` run" in capsys.readouterr().err
+
+
+def test_eval_reads_a_run_and_drives_it_closed_loop(straight, tmp_path):
+    """`ar1 eval --checkpoint RUN`: the run's model on held-out synthetic scenes, open and closed loop,
+    with the run's config and tokenizer; eval.json has the documented keys and the tracks are written."""
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(straight), "--synthetic", "1", "--samples", "2", "--batch", "1",
+                     "--closed-loop", "--seconds", "1.0", "--no-baselines", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    overall = report["overall"]
+    for key in ("min_ade@3.0", "min_fde@3.0", "collision_rate", "offroad_rate", "close_encounter_rate",
+                "consistency_rate", "score", "num_scenes", "cl/score", "cl/offroad_rate", "cl/consistency_rate"):
+        assert key in overall, key
+    assert overall["num_scenes"] == 1 and report["config"] == "ar1_tiny" and report["baselines"] == {}
+    assert 0.0 <= overall["min_ade@3.0"] <= overall["ade"] + 1e-6  # best of 2 is no worse than the driven one
+    assert overall["cl/consistency_rate"] is None or 0.0 <= overall["cl/consistency_rate"] <= 1.0
+    (track,) = (out / "closed_loop").glob("*.npz")
+    with np.load(track) as z:
+        assert z["ego"].shape == (11, 4) and len(z["reasoning"]) == 2
+    assert not (out / "tokenizer_cache").exists()  # the run's own tokenizer
