@@ -45,8 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N scenes of --data")
     p.add_argument("--synthetic", type=int, default=32, metavar="N",
                    help="without --data: N synthetic world scenes (default 32)")
-    p.add_argument("--first-seed", type=int, default=1_000_000, metavar="S",
-                   help="the first synthetic scene's seed (default 1000000, clear of training seeds)")
+    p.add_argument("--first-seed", type=int, default=3_000_000, metavar="S",
+                   help="the first synthetic scene's seed (default 3000000: clear of SFT data from seed 0, RL's "
+                        "training scenes from 1000000 and its held-out ones from 2000000)")
     p.add_argument("--samples", type=int, metavar="K", help="samples per scene (default: the config's)")
     p.add_argument("--select", choices=("consistent", "likely", "first"), default="consistent",
                    help="the sample to drive: the most likely consistent one (else the most likely), the most "

@@ -89,7 +89,7 @@ class _Background:
 
     def __init__(self, scene: Scene):
         # world.render's raster of the map, cached on the scene: the ground the cameras see.
-        self.raster, self.x_lo, self.y_lo, self.res = render._bev(scene)
+        self.raster, self.x_lo, self.y_lo, self.res = render.map_raster(scene)
         self.grass = self.raster[0, 0]
 
     def crop(self, cx: float, cy: float) -> tuple[np.ndarray, float, float]:

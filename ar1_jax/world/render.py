@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from ar1_jax.world.scene import Scene, as_config
 
-__all__ = ["Camera", "CAMERAS", "camera_set", "render"]
+__all__ = ["Camera", "CAMERAS", "camera_set", "render", "map_raster"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,9 @@ def _rays(cam: Camera, height: int, width: int):
     return f, idx, gx.reshape(-1)[idx], gy.reshape(-1)[idx], fog.astype(np.float32), sky
 
 
-def _bev(scene: Scene):
-    """Bird's-eye raster of the map (world frame), [rows = y, cols = x, 3] uint8, cached on the scene."""
+def map_raster(scene: Scene) -> tuple[np.ndarray, float, float, float]:
+    """The map painted from above in the world frame, as the cameras see the ground: (image `uint8
+    [rows = y, cols = x, 3]`, x of column 0 (m), y of row 0 (m), metres per pixel). Cached on the scene."""
     if scene._bev is not None:
         return scene._bev
     (x_lo, x_hi), (y_lo, y_hi), res = _BEV_X, _BEV_Y, _BEV_RES
@@ -309,7 +310,7 @@ def render(scene: Scene, cfg=None, *, ego_poses: np.ndarray | None = None, steps
         ego_poses = scene.ego[steps, :3]
     if np.shape(ego_poses) != (nf, 3):
         raise ValueError(f"render: ego_poses must be [{nf}, 3] (x, y, yaw per frame), got {np.shape(ego_poses)}")
-    bev, x_lo, y_lo, res = _bev(scene)
+    bev, x_lo, y_lo, res = map_raster(scene)
     bh, bw = bev.shape[:2]
     flat_bev = bev.reshape(-1, 3).astype(np.float32)
     kin = _agent_kinematics(scene)
