@@ -1,5 +1,5 @@
 """Parts of ar1_jax that arrive in later versions: where each arrives, and importing one that may be
-missing (`NotAvailable` instead of a bare ModuleNotFoundError). Read by the CLI and the demo."""
+missing (`NotAvailable` instead of a bare ModuleNotFoundError). Read by the CLI."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import types
 
 # Where each missing piece arrives; one place so that messages stay consistent.
 ARRIVES_WITH = {
-    "rl": "the full demo (RL itself runs with `ar1 rl`)",
-    "eval": "a later issue: evaluation metrics and closed-loop simulator",
     "kernels_bench": "the kernels benchmark, ar1_jax.bench.kernels",
     "compile_bench": "the compile-time benchmark, ar1_jax.bench.compile_time",
     "vlm": "the VLM backbone, ar1_jax.model.vlm",

@@ -45,6 +45,8 @@ OPEN_LOOP_KEYS = ("min_ade@0.5", "min_ade@1.0", "min_ade@3.0", "min_ade@6.4", "m
 CLOSED_LOOP_KEYS = ("cl/score", "cl/pdm_score", "cl/at_fault_rate", "cl/collision_rate", "cl/offroad_rate",
                     "cl/close_encounter_rate", "cl/wrong_lane", "cl/progress", "cl/dist_to_log", "cl/comfort_rate",
                     "cl/consistency_rate")
+#: Per-scene outputs of `open_loop` that are not averaged.
+NOT_SUMMARIZED = ("texts", "trajectories", "chosen")
 _MAX_AGENTS, _MAX_RECTS, _MAX_SEGMENTS = 16, 16, 64
 
 
@@ -212,7 +214,8 @@ def open_loop(scenes: Sequence[EvalScene], cfg: Config, *, model: Model | None =
               batch: int = 8, say: Callable[[str], None] = lambda s: None) -> dict[str, np.ndarray]:
     """Per-scene open-loop values `[N]` of `model` (policy "model") or a baseline ("planner",
     "constant_velocity", "log"): `OPEN_LOOP_KEYS` without the `_rate` suffixes (`collision`, ...), plus
-    `consistency_first` (the first sample's consistency, plain sampling) and `texts` (the driven reasoning)."""
+    `consistency_first` (the first sample's consistency, plain sampling); and per scene but not summarized:
+    `texts` (the driven reasoning), `trajectories` `[N, K, T, 2]` (ego0, m) and `chosen` `[N]` (the driven one)."""
     dt = float(cfg.action.dt)
     gt = np.stack([s.future_xy for s in scenes])
     if policy == "model":
@@ -238,6 +241,7 @@ def open_loop(scenes: Sequence[EvalScene], cfg: Config, *, model: Model | None =
              close_encounter=world["close_encounter"], score=world["pdm_score"], consistency=consistent,
              consistency_first=first)
     m["texts"] = np.asarray(texts, dtype=object)
+    m["trajectories"], m["chosen"] = np.asarray(pred, np.float32), np.asarray(chosen, np.int32)
     return m
 
 
@@ -303,7 +307,7 @@ def summarize(per_scene: dict[str, np.ndarray], families: Sequence[str], prefix:
     def mean_of(rows) -> dict[str, Any]:
         d: dict[str, Any] = {"num_scenes": int(len(rows))}
         for k, v in per_scene.items():
-            if k == "texts":
+            if k in NOT_SUMMARIZED:
                 continue
             vals = np.asarray(v, np.float64)[rows]
             vals = vals[np.isfinite(vals)]

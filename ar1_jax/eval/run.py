@@ -18,6 +18,8 @@ import pathlib
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from ar1_jax.config import Config
 from ar1_jax.eval import evaluate, policies, sim
 
@@ -67,9 +69,10 @@ def _load_model(cfg: Config, settings: EvalSettings, out: pathlib.Path) -> tuple
 
 def run_eval(cfg: Config, settings: EvalSettings, out: str | pathlib.Path,
              say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluates and writes OUT/eval.json, OUT/eval.md (and OUT/closed_loop/*.npz track files with
-    --closed-loop). `cfg` is used without a checkpoint; a checkpoint brings its own config. Returns
-    the eval.json object."""
+    """Evaluates and writes OUT/eval.json, OUT/eval.md, OUT/open_loop.npz (the evaluated policy per
+    scene: scene_id, family, trajectories [N, K, T, 2] ego0 m, chosen [N], texts [N]) and, with
+    --closed-loop, OUT/closed_loop/*.npz track files. `cfg` is used without a checkpoint; a checkpoint
+    brings its own config. Returns the eval.json object."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -97,6 +100,10 @@ def run_eval(cfg: Config, settings: EvalSettings, out: str | pathlib.Path,
         t0 = time.perf_counter()
         ol = evaluate.open_loop(scenes, cfg, model=model, policy=name, batch=settings.batch, say=say)
         report = evaluate.summarize(ol, families)
+        if name == settings.policy:
+            np.savez_compressed(out / "open_loop.npz", scene_id=np.asarray([s.scene_id for s in scenes]),
+                                family=np.asarray(families), trajectories=ol["trajectories"], chosen=ol["chosen"],
+                                texts=np.asarray([str(t) for t in ol["texts"]]))
         if closed:
             cl = evaluate.closed_loop(scenes, cfg, model=model, policy=name, sim_cfg=settings.sim, batch=settings.batch,
                                       tracks_dir=out if tracks else None, say=say)
