@@ -31,7 +31,9 @@ class DataConfig:
     `bucket_lengths` that holds its longest sequence (`()`: derived from the model config, see
     `pipeline.default_buckets`); a record longer than the largest bucket is a bad record. Bad records
     (corrupt, missing camera, non-finite poses, over-long trace) fail naming the record and field,
-    or with `skip_bad_records` are skipped and counted.
+    or with `skip_bad_records` are skipped and counted. `reasoning=False` makes trajectory-only
+    sequences (no CoT block, `text.prompt.build_prompt(reasoning=False)`): the model learns to emit the
+    trajectory straight after the prompt, and is run without reasoning (`ar1_jax.experiment.variants`).
     """
 
     dataset_dir: str = ""  # a TFDS dataset directory (dataset_info.json), e.g. `ar1 data synth --out`
@@ -45,10 +47,12 @@ class DataConfig:
     num_threads: int = 2  # decode threads (per worker when worker_count > 0)
     prefetch: int = 2  # batches decoded ahead
     skip_bad_records: bool = False
+    reasoning: bool = True  # False: trajectory-only training sequences (the paper's no-reasoning baseline)
 
     def validate(self, where: str = "data") -> None:
         from ar1_jax.config import _check  # ar1_jax.config imports this module; check on use
 
+        _check(isinstance(self.reasoning, bool), f"{where}.reasoning", "true or false", self.reasoning)
         for name in ("batch_size", "num_threads"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{where}.{name}",
                    "a positive integer", getattr(self, name))

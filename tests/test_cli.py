@@ -19,9 +19,10 @@ import ar1_fixtures as F
 from ar1_jax import cli
 from ar1_jax.cli import bench as bench_cli
 
-COMMANDS = ("data", "train", "rl", "eval", "infer", "bench", "convert", "demo", "viz", "configs")
+COMMANDS = ("data", "train", "rl", "eval", "infer", "bench", "convert", "demo", "viz", "experiment", "configs")
 NESTED = (("bench", "compile"), ("bench", "kernels"), ("bench", "all"), ("convert", "check"),
-          ("convert", "export"), ("data", "synth"), ("viz", "scene"), ("viz", "closed-loop"), ("viz", "curves"))
+          ("convert", "export"), ("data", "synth"), ("viz", "scene"), ("viz", "closed-loop"), ("viz", "curves"),
+          ("experiment", "longtail"))
 
 
 def ar1(*args, timeout=F.HANG_GUARD_S):  # a hang guard, not a deadline

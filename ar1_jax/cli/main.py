@@ -1,5 +1,5 @@
 """The `ar1` parser and `main`: each command group registers its subcommands from its own module
-(data, train, rl, eval, infer, bench, convert, demo, viz); `configs` lives here."""
+(data, train, rl, eval, infer, bench, convert, demo, viz, experiment); `configs` lives here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from ar1_jax.cli import bench, convert, data, demo, eval as eval_cli, infer, rl, train, viz
+from ar1_jax.cli import bench, convert, data, demo, eval as eval_cli, experiment, infer, rl, train, viz
 from ar1_jax.cli.common import (EXIT_NOT_AVAILABLE, EXIT_OK, CLIError, Formatter, NotAvailable, load_config,
                                 print_help, sub)
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.register(subparsers)
     demo.register(subparsers)
     viz.register(subparsers)
+    experiment.register(subparsers)
     _register_configs(subparsers)
     parser.set_defaults(func=print_help(parser))
     return parser

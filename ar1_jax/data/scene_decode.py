@@ -2,7 +2,8 @@
 
 `ScenesSource` gives random access to a split's records (frames still PNG bytes); `DecodeScene`
 validates one and turns it into an example: PNG -> uint8 -> `preprocess_images`, history tokens,
-future tokens and normalised controls, the prompt with the CoC text. A record that cannot be read
+future tokens and normalised controls, the prompt with the CoC text (none with `data.reasoning` off:
+a trajectory-only sequence). A record that cannot be read
 or fails validation becomes a bad-record marker `{BAD: (record, field, reason)}` (never a silently
 wrong example); the pipeline raises `BadRecordError` for it or, in skip mode, drops and counts it.
 """
@@ -226,18 +227,19 @@ class DecodeScene:
             if v0.shape != () or not np.isfinite(v0):
                 raise _Reject(f"expected a finite speed, got {ex['v0']!r}")
         history_bins, future_ids, controls_norm = _action_fn(a)(history, controls)
-        # The sequence.
+        # The sequence (trajectory-only, without the CoT block, when `data.reasoning` is off).
+        reasoning = self.cfg.data.reasoning
         with _field("cot"):
-            cot = _text(ex["cot"])
-            if not cot.strip():
+            cot = _text(ex["cot"]) if reasoning else None
+            if reasoning and not cot.strip():
                 raise _Reject("empty reasoning trace")
             counts = [image_lib.image_token_count(g, v.spatial_merge_size) for g in grid]
             ids, seg = prompt_lib.build_prompt(
                 self.tokenizer, num_images=len(frames), image_token_counts=counts,
                 history_token_ids=history_bins.tolist(), cot=cot, include_future_start=True,
-                future_token_ids=future_ids.tolist())
+                future_token_ids=future_ids.tolist(), reasoning=reasoning)
             if len(ids) > self.max_length:
-                n = seg.reasoning_span[1] - seg.reasoning_span[0]
+                n = seg.reasoning_span[1] - seg.reasoning_span[0] if seg.reasoning_span else 0
                 raise _Reject(f"over-long trace: {n} reasoning tokens make a {len(ids)}-token sequence, longer than "
                               f"the longest bucket {self.max_length} (data.bucket_lengths)")
         return dict(input_ids=ids.astype(np.int32), segments=seg.kind.astype(np.int32), pixel_values=pv,
