@@ -83,18 +83,83 @@ def register(subparsers) -> None:
                     "(as many as the mesh has) and report XLA's memory analysis")
     bp.add_argument("--out", required=True, metavar="DIR", help="directory for memory.json")
     bp.set_defaults(func=cmd_bench_memory)
+    bp = sub(bsub, "infer", "AR1 inference latency and throughput (or ours against transformers with --vs-hf).",
+             "On random weights of --config (its dtype) and random scenes: per batch size B (scenes, K\n"
+             "samples each), compile seconds, then p50 / p95 over --runs of vision, prefill, reasoning\n"
+             "decode per token, denoise per Euler step and the whole scene, throughput in scenes/s and\n"
+             "peak memory; DIR/infer.json and DIR/infer.md. --int8: weight-only int8 decoder and expert.\n"
+             "--peak-gbs: the device's memory bandwidth, to report decode against its roofline.\n\n"
+             "--vs-hf (CPU; needs the `parity` extra): builds a Qwen2.5-VL of --config's backbone shape\n"
+             "with transformers, saves it, loads the same safetensors into ours and times prefill and\n"
+             "--new-tokens greedy tokens side by side (f32), with how many greedy tokens agree and our\n"
+             "decode against the copy-bandwidth floor measured in the same run; DIR/vs_hf.json.",
+             epilog="examples:\n"
+                    "  ar1 bench infer --config ar1_tiny --batch 1,8 --out out/bench/infer\n"
+                    "  ar1 bench infer --config ar1_0p5b --batch 1,8,32 --int8 --out out/bench/infer\n"
+                    "  ar1 bench infer --vs-hf --config vlm_0p5b --out out/bench/vs_hf")
+    add_config_args(bp, default="ar1_tiny")
+    bp.add_argument("--batch", default="1,8", metavar="B,B,...", help="batch sizes in scenes (default: 1,8)")
+    bp.add_argument("--samples", type=int, default=1, metavar="K", help="samples per scene (default: 1)")
+    bp.add_argument("--runs", type=int, default=5, metavar="N", help="timed runs after warm-up (default: 5)")
+    bp.add_argument("--warmup", type=int, default=1, metavar="N", help="warm-up runs, the first compiles (default: 1)")
+    bp.add_argument("--int8", action="store_true", help="weight-only int8 decoder and expert matmuls")
+    bp.add_argument("--peak-gbs", type=float, metavar="GB/S", help="device memory bandwidth for the decode roofline")
+    bp.add_argument("--vs-hf", action="store_true", help="ours against transformers on the same safetensors (CPU)")
+    bp.add_argument("--images", type=int, default=4, help="--vs-hf: images in the prompt (default: 4)")
+    bp.add_argument("--grid", type=int, default=16, help="--vs-hf: patches per image side (default: 16)")
+    bp.add_argument("--text-tokens", type=int, default=50, help="--vs-hf: text tokens (default: 50)")
+    bp.add_argument("--new-tokens", type=int, default=40, help="--vs-hf: greedy tokens (default: 40)")
+    bp.add_argument("--out", metavar="DIR", help="directory for the results (default: print only)")
+    bp.set_defaults(func=cmd_bench_infer)
     p.set_defaults(func=print_help(p))
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """`--batch 1,8,32` -> (1, 8, 32); anything else but positive ints ends the command naming the flag."""
+    return parse_ints(text, "--batch", "1,8,32")
+
+
+def cmd_bench_infer(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    out = pathlib.Path(args.out) if args.out else None
+    if args.runs < 1 or args.samples < 1 or args.warmup < 1:
+        raise CLIError(f"--runs, --samples and --warmup must be >= 1, got {args.runs}, {args.samples}, {args.warmup}")
+    if args.vs_hf:
+        import importlib.util
+
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise CLIError(f"--vs-hf needs {' and '.join(missing)}: install the `parity` extra "
+                           "(pip install -e '.[parity]')", EXIT_NOT_AVAILABLE)
+        from ar1_jax.bench import vs_hf
+
+        vs_hf.run(cfg.model, out, images=args.images, grid=args.grid, text_tokens=args.text_tokens,
+                  new_tokens=args.new_tokens, runs=args.runs, name=cfg.name)
+        return EXIT_OK
+    if not cfg.is_vla:
+        raise CLIError(f"config {cfg.name!r} is a plain backbone: `ar1 bench infer` needs an AR1 config (ar1_*), "
+                       "or --vs-hf for a backbone against transformers")
+    from ar1_jax.bench import infer
+
+    infer.run(cfg, parse_batches(args.batch), out, int8=args.int8, samples=args.samples, runs=args.runs,
+              warmup=args.warmup, peak_gbs=args.peak_gbs)
+    return EXIT_OK
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
     """`--layers 2,24` -> (2, 24); anything else but positive ints ends the command naming the flag."""
+    return parse_ints(text, "--layers", "2,24")
+
+
+def parse_ints(text: str, flag: str, example: str) -> tuple[int, ...]:
+    """Comma-separated positive ints, else a CLIError naming `flag` with an `example`."""
     try:
-        layers = tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise CLIError(f"--layers: expected comma-separated positive ints like 2,24, got {text!r}") from None
-    if not layers or any(n <= 0 for n in layers):
-        raise CLIError(f"--layers: expected comma-separated positive ints like 2,24, got {text!r}")
-    return layers
+        values = ()
+    if not values or any(n <= 0 for n in values):
+        raise CLIError(f"{flag}: expected comma-separated positive ints like {example}, got {text!r}")
+    return values
 
 
 def _bench_module(name: str):

@@ -1,9 +1,15 @@
 """Compiled AR1 inference: vision + prefill, reasoning decode, flow denoising, trajectory.
 
-    engine = Engine(cfg, params, tokenizer)
+    engine = Engine(cfg, params, tokenizer)                 # int8=True: weight-only int8 decoder / expert
     result = engine.run(prompt_ids, pixel_values, image_grid_thw, v0=v0, seed=0)
     result.text, result.decisions, result.trajectory  # [B, K, 64, 2] metres, ego frame at t0
     result.timing                                     # seconds: vision, prefill, decode, denoise, ...
+
+A batch is B scenes (prompts `[B, T]`, one bucket) x K samples; every stage runs the whole batch in
+one compiled call. With `mesh`, parameters are sharded by the training rules (`parallel.rules`) and
+the scenes over the batch axes (`data`, `fsdp`): one process serves a pod slice. Parameters given to
+the constructor are kept in the inference layout (`model.quant.inference_params`: per-layer weight
+buffers, optionally int8); parameters passed to the stages directly (RL) may be the stacked ones.
 
 Stages, each one compiled function (shapes fixed by the prompt bucket, so a second scene of the same
 bucket never recompiles):
@@ -13,10 +19,12 @@ bucket never recompiles):
      recomputed); each decodes its own reasoning in the one decode loop (`sampling.decode`: greedy or
      temperature + top-p; trajectory tokens masked out of the logits) until every sample has fed
      `<|traj_future_start|>` into the cache (the release's "stop one token after"); a sample that
-     never emits it within the budget has it forced at the last step (reported as `forced`);
+     never emits it within the budget has it forced at the last step, and one that ends its text
+     (`<|im_end|>` / `<|endoftext|>`) has it fed in place of the end token (both reported as `forced`);
+     the loop ends when every sample has stopped; each drawn token's log-prob is kept (RL needs them);
   4. denoise: Euler flow matching of the action expert over each sample's cached prefix;
   5. trajectory: controls de-normalised and integrated with the unicycle model from v0.
-Each stage is timed separately with `block_until_ready`.
+Each stage is timed separately with `block_until_ready` (`run(..., timed=False)`: one wait at the end).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import numpy as np
 from ar1_jax.action import flow, unicycle
 from ar1_jax.config import Config
 from ar1_jax.infer import sampling
+from ar1_jax.model import quant
 from ar1_jax.model.layers import dtype_of
 from ar1_jax.model.vla import prefix_velocity
 from ar1_jax.model.vlm import decode_step, encode_media, prefill, prepare_inputs
@@ -48,6 +57,7 @@ class InferenceResult:
     forced: np.ndarray  # [B, K] True where <|traj_future_start|> had to be forced
     timing: dict[str, float]
     reasoning_logp: np.ndarray | None = None  # [B, K] log-likelihood of each reasoning, stop token included
+    token_logp: np.ndarray | None = None  # [B, K, R] each drawn token's log-prob (0 after the stop token, greedy)
 
     def choose(self, v0, mode: str = "consistent", dt: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """The sample to drive per scene, int `[B]`, and each sample's reasoning-action consistency, bool
@@ -74,22 +84,54 @@ class InferenceResult:
 class Engine:
     """Holds an AR1 config + parameters and runs scenes through the compiled stages."""
 
-    def __init__(self, cfg: Config, params: dict | None, tokenizer=None, *, reserve_slots: int = 0):
-        """`params` are what `run` uses (None: pass them to the stages yourself); `reserve_slots`: cache
-        slots kept free after the reasoning budget (RL feeds trajectory tokens there)."""
+    def __init__(self, cfg: Config, params: dict | None, tokenizer=None, *, reserve_slots: int = 0,
+                 int8: bool = False, mesh: jax.sharding.Mesh | None = None, rules: str | None = None):
+        """`params` are what `run` uses (None: pass them to the stages yourself), converted once to the
+        inference layout (int8 kernels with `int8`); `reserve_slots`: cache slots kept free after the
+        reasoning budget (RL feeds trajectory tokens there); `mesh`: shard parameters by `rules`
+        (default `cfg.mesh.rules`) and scenes over the batch axes."""
         if not cfg.is_vla:
             raise ValueError(f"config {cfg.name!r} has no action expert")
         self.cfg = cfg
-        self.params = params
         self.tokenizer = tokenizer
         self.dtype = dtype_of(cfg.model.dtype)
         self.reserve_slots = int(reserve_slots)
+        self.int8 = bool(int8)
+        self.mesh = mesh
+        self.rules = rules or cfg.mesh.rules
+        self.params = None if params is None else self.place_params(params)
         # The compiled stages, each a function of the parameters (a new policy never recompiles).
         self.vision = jax.jit(self._vision_impl)
         self.prefill = jax.jit(self._prefill_impl)
+        # The prefill's cache is consumed by the decode (tiled K times); the decode's own output
+        # cache is donated to nothing: the denoise reads it after.
         self.decode = jax.jit(self._decode_impl, static_argnames=("num_samples",))
         self.denoise = jax.jit(self._denoise_impl)
         self.trajectory = jax.jit(self._trajectory_impl)
+
+    def place_params(self, params: dict) -> dict:
+        """`params` (stacked, as trained or loaded) in the inference layout, sharded over the mesh."""
+        if self.mesh is not None:
+            params = jax.device_put(params, self.param_shardings())
+        if isinstance(params["text"]["layers"], (tuple, list)):  # already converted
+            return params
+        with self._context():
+            return quant.inference_params(params, int8=self.int8)
+
+    def param_shardings(self) -> dict:
+        """NamedShardings of the stacked params on the mesh, by the rules (as training lays them out)."""
+        from flax import nnx
+
+        from ar1_jax.model.vla import AR1
+        from ar1_jax.parallel.rules import param_shardings
+
+        abstract = nnx.state(nnx.eval_shape(lambda: AR1(self.cfg, rngs=nnx.Rngs(0))), nnx.Param)
+        return nnx.to_pure_dict(param_shardings(abstract, self.mesh, self.rules))
+
+    def _context(self):
+        from ar1_jax.parallel.rules import mesh_context
+
+        return mesh_context(self.mesh, self.rules)
 
     # ---- compiled stages -------------------------------------------------------------------------
     def _vision_impl(self, params, media):
@@ -108,13 +150,22 @@ class Engine:
         traj_stop = tk.traj_token_offset + cfg.action.future_bins + cfg.action.history_bins
         return sampling.decode(decode_step(params, cfg.model), cache, tile(last_logits, 0), key,
                                max_tokens=ic.max_reasoning_tokens, temperature=ic.temperature, top_p=ic.top_p,
-                               ban=(tk.traj_token_offset, traj_stop), stop_id=tk.traj_future_start_id)
+                               ban=(tk.traj_token_offset, traj_stop), stop_id=tk.traj_future_start_id,
+                               end_ids=self.end_ids())
+
+    def end_ids(self) -> tuple[int, ...]:
+        """Ids that end a sample's text (`<|im_end|>`, `<|endoftext|>`): the reasoning stops there."""
+        tk = self.cfg.tokens
+        return tuple(sorted({i for i in (tk.eos_id, getattr(tk, "pad_id", None)) if i is not None and i >= 0}
+                            - {tk.traj_future_start_id}))
 
     def _denoise_impl(self, params, cache, fs_slot, fs_pos, key):
         cfg = self.cfg
         velocity = prefix_velocity(params, cfg, cache.k, cache.v, cache.valid, fs_slot, fs_pos + 1)
-        return flow.euler_sample(velocity, (fs_slot.shape[0], cfg.action.horizon, 2), key, cfg.infer.flow_steps,
-                                 jnp.float32)
+        # Row i's noise depends only on (key, i): a scene's first rows draw the same noise in any batch.
+        shape = (cfg.action.horizon, 2)
+        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(jax.random.split(key, fs_slot.shape[0]))
+        return flow.euler_sample(velocity, noise.shape, None, cfg.infer.flow_steps, jnp.float32, noise=noise)
 
     def _trajectory_impl(self, controls_norm, v0):
         controls = unicycle.denormalize(controls_norm, self.cfg.action)
@@ -123,51 +174,97 @@ class Engine:
     # ---- host side -------------------------------------------------------------------------------
     def prepare(self, prompt_ids, pixel_values, image_grid_thw, attention_mask=None) -> dict:
         """Host arrays for one bucket (`ar1_jax.model.vlm.prepare_inputs`): positions, padding mask,
-        vision layout, next rotary position."""
-        return prepare_inputs(self.cfg.model, prompt_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                              image_grid_thw=image_grid_thw)
+        vision layout, next rotary position. B > 1 scenes with the same images each (sizes and count)
+        get their pixels per scene, `[B, P, D]`, so the vision tower runs vmapped over the scenes (and
+        sharded with them on a mesh)."""
+        x = prepare_inputs(self.cfg.model, prompt_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                           image_grid_thw=image_grid_thw)
+        b = x["input_ids"].shape[0]
+        media = x["media"]
+        if b > 1 and media and set(media) == {"image"} and image_grid_thw is not None:
+            grid = np.asarray(image_grid_thw).reshape(-1, 3)
+            if len(grid) % b == 0 and (grid.reshape(b, -1, 3) == grid[: len(grid) // b][None]).all():
+                from ar1_jax.model.vision import vision_layout
+
+                pv = media["image"]["pixel_values"]
+                x["media"] = {"image": {"pixel_values": pv.reshape(b, -1, pv.shape[-1]),
+                                        "layout": vision_layout(self.cfg.model.vision, grid[: len(grid) // b])}}
+        return x
+
+    def place_inputs(self, x: dict) -> dict:
+        """With a mesh, the batch dim of the prepared inputs on the batch axes (when it divides)."""
+        if self.mesh is None:
+            return x
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from ar1_jax.parallel.rules import activation_spec
+
+        def put(a, names):
+            spec = activation_spec(names, self.mesh, self.rules, shape=a.shape)
+            return jax.device_put(a, NamedSharding(self.mesh, PartitionSpec(*spec)))
+
+        out = dict(x, input_ids=put(x["input_ids"], ("batch", None)), kv_valid=put(x["kv_valid"], ("batch", None)),
+                   positions=put(x["positions"], (None, "batch", None)),
+                   next_position=put(x["next_position"], ("batch",)))
+        if x["media"]:
+            media = {}
+            for kind, m in x["media"].items():
+                pv = m["pixel_values"]
+                pv = put(pv, ("batch", None, None)) if pv.ndim == 3 else pv
+                media[kind] = dict(m, pixel_values=pv)
+            out["media"] = media
+        return out
 
     def run(self, prompt_ids, pixel_values, image_grid_thw, *, v0, seed: int = 0, num_samples: int | None = None,
-            attention_mask=None) -> InferenceResult:
-        """Runs one bucket of B scenes (prompts `[B, T]` or `[T]`) with K samples each; v0 `[B]` m/s."""
+            attention_mask=None, timed: bool = True) -> InferenceResult:
+        """Runs one bucket of B scenes (prompts `[B, T]` or `[T]`) with K samples each; v0 `[B]` m/s.
+        `timed`: wait for each stage (per-stage timing); False: one wait at the end (throughput)."""
+        if self.params is None:
+            raise ValueError("Engine.run needs params: pass them to Engine(...) (or call the stages directly)")
         k = num_samples or self.cfg.infer.num_samples
-        x = self.prepare(prompt_ids, pixel_values, image_grid_thw, attention_mask)
+        x = self.place_inputs(self.prepare(prompt_ids, pixel_values, image_grid_thw, attention_mask))
         b = x["input_ids"].shape[0]
         key_decode, key_noise = jax.random.split(jax.random.key(seed))
         timing = {}
 
-        def timed(name, fn, *args, **kwargs):
+        def timed_call(name, fn, *args, **kwargs):
             t0 = time.perf_counter()
-            out = jax.block_until_ready(fn(*args, **kwargs))
-            timing[name] = time.perf_counter() - t0
+            out = fn(*args, **kwargs)
+            if timed:
+                out = jax.block_until_ready(out)
+                timing[name] = time.perf_counter() - t0
             return out
 
         t_start = time.perf_counter()
-        encoded = timed("vision", self.vision, self.params, x["media"])
-        last_logits, cache = timed("prefill", self.prefill, self.params, x["input_ids"], x["positions"],
-                                   x["kv_valid"], encoded, x["next_position"])
-        dec = timed("decode", self.decode, self.params, cache, last_logits, key_decode, num_samples=k)
-        tokens, steps, forced = dec.tokens, dec.steps, dec.forced
-        controls_norm = timed("denoise", self.denoise, self.params, dec.cache, dec.stop_slot, dec.stop_position,
-                              key_noise)
-        v0 = jnp.repeat(jnp.broadcast_to(jnp.asarray(v0, jnp.float32), (b,)), k)
-        xy, controls = timed("trajectory", self.trajectory, controls_norm, v0)
+        with self._context():
+            encoded = timed_call("vision", self.vision, self.params, x["media"])
+            last_logits, cache = timed_call("prefill", self.prefill, self.params, x["input_ids"], x["positions"],
+                                            x["kv_valid"], encoded, x["next_position"])
+            dec = timed_call("decode", self.decode, self.params, cache, last_logits, key_decode, num_samples=k)
+            controls_norm = timed_call("denoise", self.denoise, self.params, dec.cache, dec.stop_slot,
+                                       dec.stop_position, key_noise)
+            v0 = jnp.repeat(jnp.broadcast_to(jnp.asarray(v0, jnp.float32), (b,)), k)
+            xy, controls = timed_call("trajectory", self.trajectory, controls_norm, v0)
+            xy, controls, tokens, logp, forced, steps = jax.device_get(
+                (xy, controls, dec.tokens, dec.logp, dec.forced, dec.steps))
         timing["total"] = time.perf_counter() - t_start
         steps = int(steps)
         timing["decode_steps"] = steps
-        timing["decode_per_token"] = timing["decode"] / max(steps, 1)
+        if timed:
+            timing["decode_per_token"] = timing["decode"] / max(steps, 1)
+            timing["denoise_per_step"] = timing["denoise"] / self.cfg.infer.flow_steps
 
         tokens = np.asarray(tokens).reshape(b, k, -1)
         fs_tok = self.cfg.tokens.traj_future_start_id
         n_reason = np.array([[int(np.argmax(r == fs_tok)) if (r == fs_tok).any() else r.shape[0] for r in row]
                              for row in tokens])
         texts, decisions = self._texts(tokens, n_reason)
-        logp = np.asarray(dec.logp).reshape(b, k, -1)
+        logp = np.asarray(logp).reshape(b, k, -1)
         upto = np.arange(logp.shape[-1])[None, None] <= n_reason[..., None]  # reasoning and its stop token
         return InferenceResult(text=texts, decisions=decisions, trajectory=np.asarray(xy).reshape(b, k, -1, 2),
                                controls=np.asarray(controls).reshape(b, k, -1, 2), reasoning_ids=tokens,
                                num_reasoning_tokens=n_reason, forced=np.asarray(forced).reshape(b, k), timing=timing,
-                               reasoning_logp=np.where(upto, logp, 0.0).sum(-1))
+                               reasoning_logp=np.where(upto, logp, 0.0).sum(-1), token_logp=logp)
 
     def _texts(self, tokens, n_reason):
         if self.tokenizer is None:

@@ -44,7 +44,7 @@ def load_weights(cfg: Config, checkpoint: str | pathlib.Path | None = None) -> t
                                   "directory nor a release-layout checkpoint (config.json + safetensors)")
         from ar1_jax.convert import hf
 
-        loaded = hf.load(checkpoint, dtype=cfg.model.dtype)
+        loaded = hf.load(checkpoint)  # bfloat16, as the release runs; its own inference and scene settings
         if not hasattr(loaded, "engine"):
             raise InferInputError(f"{checkpoint} is a plain VLM checkpoint, not an AR1 one")
         return loaded.cfg, loaded.pure_params
@@ -96,6 +96,8 @@ def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir:
     on the CoC corpus and cached in `cache_dir`; its layout must match `cfg`'s."""
     from ar1_jax.text import tokenizer as tok_lib
 
+    has_files = bool(directory) and ((pathlib.Path(directory) / "tokenizer.json").exists()
+                                     or any(pathlib.Path(directory).glob("*.model")))
     if directory and (pathlib.Path(directory) / "tokenizer.json").exists():
         tok = tok_lib.HFTokenizerAdapter(directory)
     elif directory and any(pathlib.Path(directory).glob("*.model")):
@@ -106,8 +108,13 @@ def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir:
         base = cfg.tokens.traj_token_offset - len(tok_lib.SPECIAL_TOKENS)
         tok = corpus.default_tokenizer(base, pathlib.Path(cache_dir))
     if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size != cfg.model.text.vocab_size:
-        raise InferInputError(f"tokenizer layout (vocab {tok.vocab_size}, <i0> at {tok.traj_token_offset}) does not "
-                              f"match config {cfg.name!r} (vocab {cfg.model.text.vocab_size}, <i0> at "
+        where = (f"{directory} has no tokenizer files (tokenizer.json or a sentencepiece *.model), so ours was "
+                 "used; pass --tokenizer DIR with the tokenizer this model was trained with (for the release: "
+                 "the checkpoint's Qwen3-VL tokenizer with the trajectory and special tokens added). "
+                 if directory and not has_files else "pass --tokenizer DIR with the tokenizer this model was "
+                 "trained with. ")
+        raise InferInputError(f"{where}Tokenizer layout (vocab {tok.vocab_size}, <i0> at {tok.traj_token_offset}) "
+                              f"does not match config {cfg.name!r} (vocab {cfg.model.text.vocab_size}, <i0> at "
                               f"{cfg.tokens.traj_token_offset})")
     return tok
 

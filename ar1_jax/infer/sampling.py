@@ -2,7 +2,9 @@
 
 `sample` draws one id per row (greedy is temperature 0); `decode` runs it in a `lax.while_loop`,
 feeding each drawn token through a model step until the budget is spent or every row has fed its
-stop token. Both `Engine` (reasoning, K samples, stop at `<|traj_future_start|>`) and
+stop token (or ended its text: `end_ids`, replaced by the stop token). Greedy draws take the argmax of
+the raw logits (no softmax, no sort); a temperature draw computes its log-prob once, from the same
+normalised logits it samples from. Both `Engine` (reasoning, K samples, stop at `<|traj_future_start|>`) and
 `VLMRunner.generate` (greedy, no stop token) decode through it.
 """
 
@@ -53,7 +55,9 @@ def sample(logits, key, *, temperature: float, top_p: float):
         order = jnp.argsort(-logits, axis=-1)
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # A log-depth scan, not jnp.cumsum: when the vocabulary axis is sharded (tensor parallelism),
+        # XLA lowers cumsum to an all-gather and an O(V^2) reduce-window (seconds per token on CPU).
+        mass_before = jax.lax.associative_scan(jnp.add, probs, axis=-1) - probs
         sorted_logits = jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
         logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
@@ -62,12 +66,14 @@ def sample(logits, key, *, temperature: float, top_p: float):
 class Decoded(NamedTuple):
     """What `decode` returns (N rows, R = `max_tokens`).
 
-    tokens: int32 [N, R], the decoded tokens in order. With `stop_id`, entries from `steps` on are 0
-      and a row that stopped early keeps decoding after its stop token until every row has stopped.
+    tokens: int32 [N, R], the decoded tokens in order. With `stop_id`, a row's entries after its stop
+      token are 0 (a row that stopped feeds filler until every row has stopped; nothing reads those
+      slots: the stop slot bounds each row's prefix).
     steps: int32 [], tokens fed through the model step (R - 1 without `stop_id`).
     stop_slot: int32 [N], the cache slot the stop token was written to (-1: none; no `stop_id`).
     stop_position: int32 [N], the rotary position of that stop token.
-    forced: bool [N], the stop token was forced at the last step (never drawn within the budget).
+    forced: bool [N], the stop token was forced: at the last step (never drawn within the budget), or in
+      place of an `end_ids` token (the row ended its text without it).
     cache: the cache after the last step.
     logp: float32 [N, R], each token's log-prob under the temperature-scaled distribution it was drawn
       from (after `ban` / `allow`, before top-p; `drawn_logp`); a forced stop token keeps the drawn one's.
@@ -84,7 +90,7 @@ class Decoded(NamedTuple):
 
 def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperature: float = 0.0,
            top_p: float = 1.0, ban: tuple[int, int] | None = None, allow: tuple[int, int] | None = None,
-           stop_id: int | None = None) -> Decoded:
+           stop_id: int | None = None, end_ids: tuple[int, ...] = ()) -> Decoded:
     """Decodes up to `max_tokens` tokens per row from the prefilled `cache` in a `lax.while_loop`.
 
     Args:
@@ -100,6 +106,8 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
         ("stop one token after": the stop token's KV is in the cache); a row that has not drawn it
         by the last step has it forced there. Without it, all R tokens are drawn and the last one is
         not fed (nothing reads the cache after it).
+      end_ids: with `stop_id`, ids that end a row's text (end of text / turn): drawn, the row stops as
+        if it had drawn `stop_id`, which is fed in its place (reported as `forced`).
     """
     n = logits.shape[0]
     greedy = temperature == 0.0
@@ -132,18 +140,26 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
     def body(s):
         c, tok, forced = s["cache"], s["token"], s["forced"]
         stop_slot, stop_position = s["stop_slot"], s["stop_position"]
+        tok_logp = s["token_logp"]
         if stop_id is not None:
-            must_force = (s["step"] == max_tokens - 1) & (stop_slot < 0) & (tok != stop_id)
+            done = stop_slot >= 0  # stopped at an earlier step: filler from here on
+            ended = jnp.zeros_like(done)
+            for e in end_ids:
+                ended = ended | (tok == e)
+            must_force = ((s["step"] == max_tokens - 1) & (tok != stop_id)) | ended
+            must_force = must_force & ~done
             tok = jnp.where(must_force, stop_id, tok)
-            is_stop = (tok == stop_id) & (stop_slot < 0)
+            is_stop = (tok == stop_id) & ~done
             stop_slot = jnp.where(is_stop, c.length, stop_slot)
             stop_position = jnp.where(is_stop, c.next_position, stop_position)
             forced = forced | must_force
+            tok = jnp.where(done, 0, tok)
+            tok_logp = jnp.where(done, 0.0, tok_logp)
         next_logits, c = step(tok, c)
         key, sub = split(s["key"])
         nxt, nxt_logp = draw(next_logits, sub)
         return dict(step=s["step"] + 1, token=nxt, token_logp=nxt_logp, tokens=s["tokens"].at[:, s["step"]].set(tok),
-                    logp=s["logp"].at[:, s["step"]].set(s["token_logp"]), cache=c, stop_slot=stop_slot,
+                    logp=s["logp"].at[:, s["step"]].set(tok_logp), cache=c, stop_slot=stop_slot,
                     stop_position=stop_position, forced=forced, key=key)
 
     s = jax.lax.while_loop(cond, body, state)

@@ -121,18 +121,23 @@ def expert_velocity(
     """
     tcfg = expert_text_config(cfg)
     n, a, _ = x_t.shape
-    x = action_in(params, cfg, x_t, t, dtype).astype(dtype)
+    # The residual stream and the rotary stay float32 with `dtype` matmuls, as the release runs its
+    # expert under bf16 autocast (f32 activations between the autocast linears / attention).
+    x = action_in(params, cfg, x_t, t, dtype).astype(jnp.float32)
     pos = first_position[:, None] + jnp.arange(a, dtype=jnp.int32)[None]
     cos, sin = rope.mrope_cos_sin(jnp.broadcast_to(pos[None], (3, n, a)), tcfg.head_dim, tcfg.rope_theta,
                                   tcfg.mrope_section, tcfg.mrope_interleaved)
 
-    def body(x, xs):
-        lp, pk, pv = xs
-        q, k, v = attention_inputs(lp, tcfg, x, cos, sin)
+    def layer(x, lp, pk, pv):
+        q, k, v = attention_inputs(lp, tcfg, x, cos, sin, compute_dtype=dtype)
         o = attn_lib.denoise(q, pk, pv, prefix_valid, k, v, impl=impl)
-        return attention_output_and_mlp(lp, tcfg, x, o), None
+        return attention_output_and_mlp(lp, tcfg, x, o, compute_dtype=dtype)
 
-    x, _ = jax.lax.scan(body, x, (params["layers"], prefix_k, prefix_v))
-    h = rms_norm(x, params["final_norm"], tcfg.rms_norm_eps)
+    if isinstance(params["layers"], (tuple, list)):  # inference layout: per-layer buffers, unrolled
+        for i, lp in enumerate(params["layers"]):
+            x = layer(x, lp, prefix_k[i], prefix_v[i])
+    else:
+        x, _ = jax.lax.scan(lambda x, xs: (layer(x, *xs), None), x, (params["layers"], prefix_k, prefix_v))
+    h = rms_norm(x, params["final_norm"], tcfg.rms_norm_eps).astype(dtype)
     out = params["action_out"]
     return dense(h, out["kernel"], out["bias"]).astype(jnp.float32)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ar1_jax.config import DTYPES
+from ar1_jax.model import quant
 
 
 def dtype_of(name_or_dtype) -> jnp.dtype:
@@ -60,9 +61,9 @@ def layer_norm(x, scale, bias, eps: float):
 
 
 def dense(x, kernel, bias=None):
-    """`x @ kernel (+ bias)` over the last axis of x; kernel `[in, ...out]` (multi-dim outputs allowed)."""
-    kernel = kernel.astype(x.dtype)
-    y = jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (0,)))
+    """`x @ kernel (+ bias)` over the last axis of x; kernel `[in, ...out]` (multi-dim outputs allowed),
+    a float array or a `quant.Int8Kernel`."""
+    y = quant.matmul(x, kernel, 1)
     if bias is not None:
         y = y + bias.astype(x.dtype)
     return y

@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ar1_jax.config import TextConfig
 from ar1_jax.model import attention as attn_lib
-from ar1_jax.model import rope
+from ar1_jax.model import quant, rope
 from ar1_jax.model.kv_cache import KVCache
 from ar1_jax.model.layers import dense, make_param, remat_policy, rms_norm
 from ar1_jax.parallel.rules import shard_activation
@@ -77,36 +77,47 @@ class TextDecoder(nnx.Module):
             self.lm_head = p((cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
 
 
-def attention_inputs(lp: dict, cfg: TextConfig, x, cos, sin):
+def attention_inputs(lp: dict, cfg: TextConfig, x, cos, sin, compute_dtype=None):
     """Pre-norm, q/k/v projections (+ q/k RMSNorm for Qwen3) and rotary: q `[B, T, H, D]`, k and v
-    `[B, T, K, D]`."""
+    `[B, T, K, D]`. `compute_dtype` (default x's): the matmuls' dtype when the residual stream `x` is
+    kept wider (the action expert under the release's autocast: norm of the f32 stream, bf16
+    matmuls, rotary in f32)."""
     a = lp["attn"]
-    h = rms_norm(x, lp["input_norm"], cfg.rms_norm_eps)
+    cd = x.dtype if compute_dtype is None else compute_dtype
+    h = rms_norm(x, lp["input_norm"], cfg.rms_norm_eps).astype(cd)
     q = shard_activation(dense(h, a["q_kernel"], a.get("q_bias")), ("batch", "seq", "heads", "head_dim"))
     k = shard_activation(dense(h, a["k_kernel"], a.get("k_bias")), ("batch", "seq", "kv_heads", "head_dim"))
     v = shard_activation(dense(h, a["v_kernel"], a.get("v_bias")), ("batch", "seq", "kv_heads", "head_dim"))
     if cfg.qk_norm:
         q = rms_norm(q, a["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, a["k_norm"], cfg.rms_norm_eps)
-    return rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin), v
+    f32_rotary = compute_dtype is not None and x.dtype == jnp.float32
+    return (rope.apply_rotary(q, cos, sin, compute_in_f32=f32_rotary),
+            rope.apply_rotary(k, cos, sin, compute_in_f32=f32_rotary), v)
 
 
-def attention_output_and_mlp(lp: dict, cfg: TextConfig, x, o):
-    """Output projection of the attention `o [B, T, H, D]` into the residual, then the SwiGLU MLP."""
-    x = x + jnp.einsum("bthd,hde->bte", o, lp["attn"]["o_kernel"].astype(x.dtype))
+def attention_output_and_mlp(lp: dict, cfg: TextConfig, x, o, compute_dtype=None):
+    """Output projection of the attention `o [B, T, H, D]` into the residual, then the SwiGLU MLP;
+    matmuls in `compute_dtype` (default x's), the residual stream in x's dtype."""
+    cd = x.dtype if compute_dtype is None else compute_dtype
+    x = x + quant.matmul(o.astype(cd), lp["attn"]["o_kernel"], 2).astype(x.dtype)
     x = shard_activation(x, ("batch", "seq", "embed"))
     m = lp["mlp"]
-    h = rms_norm(x, lp["post_attn_norm"], cfg.rms_norm_eps)
+    h = rms_norm(x, lp["post_attn_norm"], cfg.rms_norm_eps).astype(cd)
     hidden = shard_activation(jax.nn.silu(dense(h, m["gate_kernel"])) * dense(h, m["up_kernel"]),
                               ("batch", "seq", "mlp"))
-    return shard_activation(x + dense(hidden, m["down_kernel"]), ("batch", "seq", "embed"))
+    return shard_activation(x + dense(hidden, m["down_kernel"]).astype(x.dtype), ("batch", "seq", "embed"))
 
 
 def embed_tokens(params: dict, input_ids: Int[Array, "B T"], dtype) -> Float[Array, "B T E"]:
     # FSDP: gather the table's embed dim before the lookup (as for any weight); otherwise the partitioner
     # must move a gather sharded on embed into the batch-sharded layout, by replicating it.
-    table = shard_activation(params["embed"], ("vocab", None))
-    x = jnp.take(table, input_ids, axis=0).astype(dtype)
+    table = params["embed"]
+    if isinstance(table, quant.Int8Kernel):
+        table = table.replace(q=shard_activation(table.q, ("vocab", None)))
+    else:
+        table = shard_activation(table, ("vocab", None))
+    x = quant.take_rows(table, input_ids, dtype)
     return shard_activation(x, ("batch", "seq", "embed"))
 
 
@@ -114,8 +125,9 @@ def lm_logits(params: dict, cfg: TextConfig, hidden: Float[Array, "B T E"]) -> F
     """Final norm + LM head; logits in float32."""
     h = rms_norm(hidden, params["final_norm"], cfg.rms_norm_eps)
     if cfg.tie_word_embeddings:
-        w = params["embed"].astype(h.dtype)
-        logits = jnp.einsum("bte,ve->btv", h, w, preferred_element_type=jnp.float32)
+        logits = quant.matmul_rows(h, params["embed"])
+    elif isinstance(params["lm_head"], quant.Int8Kernel):
+        logits = quant.matmul(h.astype(jnp.float32), params["lm_head"], 1)
     else:
         logits = jnp.einsum("bte,ev->btv", h, params["lm_head"].astype(h.dtype), preferred_element_type=jnp.float32)
     return shard_activation(logits, ("batch", "seq", "vocab"))
@@ -157,12 +169,12 @@ def decode_layers(
 
     def layer(x, lp, layer_idx, k_cache, v_cache):
         q, k, v = attention_inputs(lp, cfg, x, cos, sin)
-        if k_cache is not None:
-            k_layer = jax.lax.dynamic_update_slice(k_cache[layer_idx], k.astype(k_cache.dtype), (0, cache.length, 0, 0))
-            v_layer = jax.lax.dynamic_update_slice(v_cache[layer_idx], v.astype(v_cache.dtype), (0, cache.length, 0, 0))
-            k_cache = jax.lax.dynamic_update_index_in_dim(k_cache, k_layer, layer_idx, 0)
-            v_cache = jax.lax.dynamic_update_index_in_dim(v_cache, v_layer, layer_idx, 0)
-            k, v = k_layer.astype(x.dtype), v_layer.astype(x.dtype)
+        if k_cache is not None:  # written in place: slot `length` of layer `layer_idx`, nothing else copied
+            start = (layer_idx, 0, cache.length, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), start)
+            k = jax.lax.dynamic_index_in_dim(k_cache, layer_idx, 0, keepdims=False).astype(x.dtype)
+            v = jax.lax.dynamic_index_in_dim(v_cache, layer_idx, 0, keepdims=False).astype(x.dtype)
         o = attn_lib.attention(q, k, v, causal=True, window=cfg.sliding_window, impl=impl, **attend_kwargs)
         x = attention_output_and_mlp(lp, cfg, x, o)
         if n_deep:
@@ -170,25 +182,28 @@ def decode_layers(
             x = x + jnp.where(layer_idx < n_deep, feat.astype(x.dtype), jnp.zeros_like(x))
         return x, k_cache, v_cache
 
-    policy = remat_policy(cfg.remat)
-    if cfg.remat != "none":
-        layer = jax.checkpoint(layer, policy=policy)
-
     k_cache = None if cache is None else cache.k
     v_cache = None if cache is None else cache.v
-    if cfg.scan_layers:
-        def body(carry, xs):
-            x, kc, vc = carry
-            lp, idx = xs
-            x, kc, vc = layer(x, lp, idx, kc, vc)
-            return (x, kc, vc), None
-
-        (x, k_cache, v_cache), _ = jax.lax.scan(
-            body, (x, k_cache, v_cache), (layer_params, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+    if isinstance(layer_params, (tuple, list)):
+        # Inference layout (`quant.unstack_layers`): one weight buffer per layer, layers unrolled.
+        for i, lp in enumerate(layer_params):
+            x, k_cache, v_cache = layer(x, lp, i, k_cache, v_cache)
     else:
-        for i in range(cfg.num_layers):
-            lp = jax.tree.map(lambda a, i=i: a[i], layer_params)
-            x, k_cache, v_cache = layer(x, lp, jnp.int32(i), k_cache, v_cache)
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=remat_policy(cfg.remat))
+        if cfg.scan_layers:
+            def body(carry, xs):
+                x, kc, vc = carry
+                lp, idx = xs
+                x, kc, vc = layer(x, lp, idx, kc, vc)
+                return (x, kc, vc), None
+
+            (x, k_cache, v_cache), _ = jax.lax.scan(
+                body, (x, k_cache, v_cache), (layer_params, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+        else:
+            for i in range(cfg.num_layers):
+                lp = jax.tree.map(lambda a, i=i: a[i], layer_params)
+                x, k_cache, v_cache = layer(x, lp, jnp.int32(i), k_cache, v_cache)
 
     if cache is not None:
         cache = cache.replace(k=k_cache, v=v_cache, valid=attend_kwargs["kv_valid"], length=cache.length + t)

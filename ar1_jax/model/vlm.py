@@ -24,7 +24,7 @@ from ar1_jax.infer import sampling
 from ar1_jax.model import kv_cache as kv_lib
 from ar1_jax.model import attention, rope, text, vision
 from ar1_jax.model.layers import dtype_of
-from ar1_jax.parallel.rules import activation_spec, batch_mesh_axes, shard_activation, use_rules
+from ar1_jax.parallel.rules import activation_spec, batch_mesh_axes, mesh_context, shard_activation
 
 
 class VLM(nnx.Module):
@@ -113,8 +113,9 @@ def embed_multimodal(params: dict, cfg: VLMConfig, input_ids, media: dict | None
 
 
 def vlm_forward(params: dict, cfg: VLMConfig, input_ids, positions, *, kv_valid=None, media=None, cache=None,
-                encoded=None):
-    """Logits `[B, T, V]` (float32) and the updated cache (None without one).
+                encoded=None, last_only: bool = False):
+    """Logits `[B, T, V]` (float32; `[B, 1, V]` of the last position with `last_only`) and the updated
+    cache (None without one).
 
     Attention impls per call site: the vision tower `cfg.attention_impl_for("vision")`; the decoder
     `attention_impl_for("decode")` for a step of at most `DECODE_MAX_QUERIES` tokens over a cache,
@@ -125,6 +126,8 @@ def vlm_forward(params: dict, cfg: VLMConfig, input_ids, positions, *, kv_valid=
     site = "decode" if cache is not None and input_ids.shape[1] <= attention.DECODE_MAX_QUERIES else "text"
     h, cache = text.decode_layers(params["text"], cfg.text, x, positions, kv_valid=kv_valid, cache=cache,
                                   deepstack=deep, impl=cfg.attention_impl_for(site))
+    if last_only:
+        h = h[:, -1:]
     return text.lm_logits(params["text"], cfg.text, h), cache
 
 
@@ -138,7 +141,7 @@ def prefill(params: dict, cfg: VLMConfig, input_ids, positions, kv_valid, next_p
     tc = cfg.text
     cache = kv_lib.init_cache(tc.num_layers, b, t + extra_slots, tc.num_kv_heads, tc.head_dim, dtype_of(cfg.dtype))
     logits, cache = vlm_forward(params, cfg, input_ids, positions, kv_valid=kv_valid, media=media, cache=cache,
-                                encoded=encoded)
+                                encoded=encoded, last_only=True)
     return logits[:, -1], cache.replace(next_position=next_position)
 
 
@@ -231,6 +234,17 @@ class VLMRunner:
     def pure_params(self) -> dict:
         return nnx.to_pure_dict(self.params)
 
+    def inference_params(self) -> dict:
+        """The params in the inference layout (`quant.inference_params`: per-layer weight buffers, which
+        decode reads without copying), made on first use and kept while `params` is the same object."""
+        from ar1_jax.model import quant
+
+        cached = getattr(self, "_inference", None)
+        if cached is None or cached[0] is not self.params:
+            with self._context():
+                self._inference = (self.params, quant.inference_params(self.pure_params))
+        return self._inference[1]
+
     @property
     def module(self) -> VLM:
         return nnx.merge(self.graphdef, self.params)
@@ -263,20 +277,13 @@ class VLMRunner:
         x = self.prepare(input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                          image_grid_thw=image_grid_thw, **media_kwargs)
         with self._context():
-            out = self._generate(self.pure_params, *self._place(x["input_ids"], x["positions"], x["kv_valid"]),
+            out = self._generate(self.inference_params(), *self._place(x["input_ids"], x["positions"], x["kv_valid"]),
                                  x["media"], x["next_position"], max_new_tokens=max_new_tokens)
         return np.asarray(out)
 
     def _context(self):
         """Mesh + rule-table context so activation constraints apply while tracing."""
-        import contextlib
-
-        if self.mesh is None:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(jax.set_mesh(self.mesh))
-        stack.enter_context(use_rules(self.rules))
-        return stack
+        return mesh_context(self.mesh, self.rules)
 
     def _place(self, input_ids, positions, kv_valid):
         """With a mesh, puts the batch dim of the token inputs on the batch axes (if it divides)."""

@@ -235,3 +235,16 @@ def batch_mesh_axes() -> str | tuple[str, ...] | None:
     if mesh.empty or mesh.size == 1:
         return None
     return logical_to_spec(("batch",), None, mesh, _RULES_STACK[-1])[0]
+
+
+def mesh_context(mesh: Any, rules: str | RuleTable = "default"):
+    """`jax.set_mesh(mesh)` + `use_rules(rules)` as one context (a null context without a mesh): what a
+    caller tracing model functions for a mesh enters, so activation constraints apply."""
+    import contextlib
+
+    if mesh is None:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(use_rules(rules))
+    return stack

@@ -113,4 +113,23 @@ def test_missing_and_misshaped_expert_tensors_name_the_key(tmp_path):
 
 
 def _load_tiny(ckpt):
-    return hf.load(ckpt)
+    return hf.load(ckpt, dtype=jnp.float32)  # exact round trips of the random f32 tensors
+
+
+def test_default_load_is_bf16_with_settings_that_travel(tmp_path):
+    """A release checkpoint loads in bf16 (as the release runs) with the release's inference settings and
+    frames that tile into whole image tokens; an export writes our settings into config.json and a
+    load reads them back."""
+    ckpt, _ = _release_checkpoint(tmp_path, True)
+    model = hf.load(ckpt)
+    assert {x.dtype for x in __import__("jax").tree.leaves(model.pure_params)} == {jnp.dtype(jnp.bfloat16)}
+    cfg = model.cfg
+    assert cfg.model.dtype == "bfloat16" and cfg.infer == get_config("ar1_10b_release").infer
+    block = cfg.model.vision.patch_size * cfg.model.vision.spatial_merge_size
+    assert cfg.scene.image_height % block == 0 and cfg.scene.image_width % block == 0
+    model.cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, max_reasoning_tokens=40, flow_steps=5),
+                                    scene=dataclasses.replace(cfg.scene, image_height=64, image_width=96))
+    out = hf.export(model, tmp_path / "with_settings")
+    assert json.loads((out / "config.json").read_text())[hf.SETTINGS_KEY]["infer"]["flow_steps"] == 5
+    again = hf.load(out).cfg
+    assert again.infer == model.cfg.infer and again.scene == model.cfg.scene
