@@ -7,6 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?= -q -n 2 --dist loadgroup
+# Python writes bytecode on first import even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE=1, common in CI images): the install skips compiling every installed file
+# (--no-compile: most are never imported), so without this every process - each test worker, each
+# subprocess a test starts, each demo stage - recompiled jax, flax and the rest from source (~3 s each).
+RUN := env -u PYTHONDONTWRITEBYTECODE
 
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_TEST := $(VENV)/.installed-test-parity
@@ -14,13 +19,13 @@ STAMP_TEST := $(VENV)/.installed-test-parity
 .PHONY: demo test bench lint clean venv
 
 demo: $(STAMP_BASE)
-	$(VENV)/bin/ar1 demo --out out/demo
+	$(RUN) $(VENV)/bin/ar1 demo --out out/demo
 
 test: $(STAMP_TEST)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(RUN) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP_BASE)
-	$(VENV)/bin/ar1 bench all --out out/bench
+	$(RUN) $(VENV)/bin/ar1 bench all --out out/bench
 
 lint: $(PY)
 	$(PY) -m compileall -q ar1_jax kernels configs tests

@@ -5,6 +5,7 @@ row at its stop token or end of text."""
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -59,13 +60,17 @@ def test_greedy_decode_matches_cache_free_reference(engine):
     prep = eng.prepare(ids, pv, grid)
     seq = list(ids)
     offset = cfg.tokens.traj_token_offset
+    # One compiled reference forward over a fixed length: the sequence so far, then filler text tokens
+    # that causal attention keeps from the positions read.
+    length = len(ids) + cfg.infer.max_reasoning_tokens + 1
+    forward = jax.jit(lambda p, x, pos, media: vlm_forward(p, cfg.model, x, pos, media=media)[0])
     for i in range(int(out.timing["decode_steps"])):
-        x = np.asarray(seq, np.int32)[None]
+        x = np.full((1, length), cfg.tokens.traj_future_start_id, np.int32)
+        x[0, :len(seq)] = seq
         positions, _ = rope.get_rope_index(x, family=cfg.model.family, image_token_id=cfg.model.image_token_id,
                                            video_token_id=cfg.model.video_token_id, spatial_merge_size=2,
                                            image_grid_thw=grid)
-        logits, _ = vlm_forward(eng.params, cfg.model, x, positions, media=prep["media"])
-        logits = np.asarray(logits[0, -1]).copy()
+        logits = np.asarray(forward(eng.params, x, positions, prep["media"])[0, len(seq) - 1]).copy()
         logits[offset:offset + 4000] = -np.inf
         want = int(np.argmax(logits))
         if want in eng.end_ids() or (i == cfg.infer.max_reasoning_tokens - 1 and

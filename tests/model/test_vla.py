@@ -82,7 +82,7 @@ def test_sft_training_reduces_every_loss_term(setup):
     # would need the expert to memorise scenes through attention).
     profile = np.stack([np.linspace(-1.0, 1.5, 64), 0.8 * np.sin(np.linspace(0, 3, 64))], -1)
     batch = _batch(cfg, tok, rng, controls=profile)
-    opt = optax.adam(3e-3)
+    opt = optax.adam(5e-3)
     state = opt.init(params)
 
     @jax.jit
@@ -100,7 +100,7 @@ def test_sft_training_reduces_every_loss_term(setup):
 
     before = {k: float(v) for k, v in evaluate(params).items()}
     key = jax.random.key(0)
-    for i in range(40):
+    for i in range(20):
         params, state, metrics, grads = step(params, state, jax.random.fold_in(key, i))
         assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     after = {k: float(v) for k, v in evaluate(params).items()}
