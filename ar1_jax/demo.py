@@ -64,18 +64,23 @@ class _Progress:
 
     def __init__(self, say: Say):
         self.say, self.t0 = say, time.perf_counter()
-        self.spent: dict[str, float] = {}
+        self.spent: dict[str, float | None] = {}  # None: reused from an earlier run
+
+    #: Seconds of static estimate the measured ratio is blended with: one short stage (data takes
+    #: seconds) must not rescale the whole rest of the run.
+    PRIOR_S = 120.0
 
     def start(self, i: int, name: str, detail: str) -> float:
-        done_est = sum(STAGES[s] for s in self.spent)
-        scale = min(max(sum(self.spent.values()) / done_est, 0.3), 3.0) if done_est else 1.0
+        timed = {s: t for s, t in self.spent.items() if t is not None}  # reused stages say nothing
+        done_est = sum(STAGES[s] for s in timed)
+        scale = min(max((sum(timed.values()) + self.PRIOR_S) / (done_est + self.PRIOR_S), 0.3), 3.0)
         left = scale * sum(v for s, v in STAGES.items() if s not in self.spent)
         elapsed = time.perf_counter() - self.t0
         self.say(f"[{i}/{len(STAGES)}] {_TITLES[name]}: {detail}  (elapsed {_mmss(elapsed)}, about {_mmss(left)} left)")
         return time.perf_counter()
 
     def done(self, name: str, t_start: float, reused: bool = False) -> None:
-        self.spent[name] = 0.0 if reused else time.perf_counter() - t_start
+        self.spent[name] = None if reused else time.perf_counter() - t_start
 
 
 def _mmss(s: float) -> str:

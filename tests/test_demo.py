@@ -76,3 +76,22 @@ def test_bad_sizes_and_configs_fail_before_any_stage(fake_stages, tmp_path):
     with pytest.raises(ConfigError, match="no action expert"):
         demo.run(get_config("tiny"), tmp_path, 0, SMALL)
     assert fake_stages == []
+
+
+def test_time_left_is_not_rescaled_by_one_short_stage_or_by_reused_ones(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: now[0])
+    said = []
+    progress = demo._Progress(said.append)
+    total = sum(demo.STAGES.values())
+    started = progress.start(1, "data", "")
+    now[0] = 5.0
+    progress.done("data", started)  # 5 s against an estimate of 15 s
+    progress.start(2, "sft", "")
+    left = sum(demo.STAGES.values()) - demo.STAGES["data"]
+    want = left * (5 + progress.PRIOR_S) / (demo.STAGES["data"] + progress.PRIOR_S)
+    assert f"about {demo._mmss(want)} left" in said[-1] and want > 0.9 * left
+    progress.done("sft", 5.0, reused=True)  # reused: no time spent, and no evidence about speed
+    progress.start(3, "rl", "")
+    assert f"about {demo._mmss(want * (left - demo.STAGES['sft']) / left)} left" in said[-1]
+    assert total > left
