@@ -287,7 +287,7 @@ def load_params(path: str | pathlib.Path, cfg: Config, abstract_params: dict,
     or a release-layout Alpamayo-R1 checkpoint (config.json + safetensors). Shapes must match `cfg`.
     Errors start with `what` (where the path came from).
     """
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # orbax refuses relative paths ("Checkpoint path should be absolute")
     if not path.exists():
         raise FileNotFoundError(f"{what}: {path} does not exist")
     if is_release_checkpoint(path):

@@ -3,6 +3,7 @@
 the same update (loss, gradient norm, KL) and the same parameters after it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,7 +29,8 @@ def _flat_params(run=None):
     cfg = rl_task.rl_config(get_config("ar1_tiny", SETS + ("mesh.data=1",)))
     abstract = Trainer(cfg, make_mesh(cfg.mesh, jax.devices()[:1])).abstract_state["params"]
     params = (rl_task.starting_params(cfg, abstract) if run is None
-              else ckpt_lib.load_params(run / "checkpoints" / "1", cfg, abstract))
+              # relative on purpose: `--init-from out/demo/sft` once failed in orbax ("should be absolute")
+              else ckpt_lib.load_params(os.path.relpath(run / "checkpoints" / "1"), cfg, abstract))
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
 
 
