@@ -70,16 +70,22 @@ def plot_bev(path, trajectories: np.ndarray, history_xy: np.ndarray, future_xy: 
         ax.plot(-future_xy[:, 1], future_xy[:, 0], "g--", lw=2, label="ground truth")
     for k, traj in enumerate(trajectories):
         ax.plot(-traj[:, 1], traj[:, 0], "-", lw=1.5, alpha=0.8,
-                label=(labels[k] if labels else f"sample {k}")[:40])
+                label=_drawable(labels[k] if labels else f"sample {k}")[:40])
     ax.plot([0], [0], "r^", ms=10, label="ego at t0")
     _lateral_axis(ax)
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_drawable(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _drawable(text: str) -> str:
+    """`text` with control characters as '?' (an undertrained model's reasoning can hold any byte; the
+    plot font has no glyph for them and matplotlib warns)."""
+    return "".join(c if c.isprintable() or c == " " else ("?" if c not in "\n\t" else " ") for c in text)
 
 
 def _lateral_axis(ax) -> None:
@@ -105,7 +111,7 @@ def bev_figure(scene: Scene, *, predictions: np.ndarray | None = None, labels: S
     at least 80 m ahead (further when a trajectory goes further), 3:5 across:along."""
     preds = np.zeros((0, 0, 2)) if predictions is None else np.asarray(predictions, np.float64).reshape(
         len(predictions), -1, 2)
-    caption_lines = textwrap.wrap(caption or "", _CAPTION_CHARS)
+    caption_lines = textwrap.wrap(_drawable(caption or ""), _CAPTION_CHARS)
     legend_rows = math.ceil((len({ag.kind for ag in scene.agents}) + 3 + len(preds)) / 2)
     left, aw, ah = _BEV_AXES
     bottom = 0.75 + legend_rows * _ROW_IN + (0.15 + len(caption_lines) * _ROW_IN if caption_lines else 0.0)
@@ -134,7 +140,7 @@ def bev_figure(scene: Scene, *, predictions: np.ndarray | None = None, labels: S
     for k, traj in enumerate(preds):
         label = labels[k] if labels is not None and k < len(labels) else f"prediction {k}"
         ax.plot(*_plot_xy(traj).T, "-", color=_PRED_COLORS[k % len(_PRED_COLORS)], lw=1.6, alpha=0.9, zorder=8,
-                label=textwrap.shorten(str(label), _LABEL_CHARS, placeholder="..."))
+                label=textwrap.shorten(_drawable(str(label)), _LABEL_CHARS, placeholder="..."))
     _lateral_axis(ax)
     ax.grid(alpha=0.25, lw=0.5)
     ax.set_title(title or f"{scene.scene_id} ({scene.family}), v0 {scene.v0:.1f} m/s", fontsize=10)
