@@ -64,12 +64,18 @@ def test_greedy_decode_matches_cache_free_reference(engine):
     # that causal attention keeps from the positions read.
     length = len(ids) + cfg.infer.max_reasoning_tokens + 1
     forward = jax.jit(lambda p, x, pos, media: vlm_forward(p, cfg.model, x, pos, media=media)[0])
+    # Positions of the prompt, then text positions on: a random model may emit a vision token id, which
+    # get_rope_index over the whole sequence would read as a media block (as the engine does not).
+    prompt_pos, _ = rope.get_rope_index(np.asarray(ids, np.int32)[None], family=cfg.model.family,
+                                        image_token_id=cfg.model.image_token_id,
+                                        video_token_id=cfg.model.video_token_id, spatial_merge_size=2,
+                                        image_grid_thw=grid)
+    prompt_pos = np.asarray(prompt_pos)
+    tail = prompt_pos.max() + 1 + np.arange(length - len(ids))
+    positions = np.concatenate([prompt_pos, np.broadcast_to(tail, prompt_pos.shape[:-1] + tail.shape)], -1)
     for i in range(int(out.timing["decode_steps"])):
         x = np.full((1, length), cfg.tokens.traj_future_start_id, np.int32)
         x[0, :len(seq)] = seq
-        positions, _ = rope.get_rope_index(x, family=cfg.model.family, image_token_id=cfg.model.image_token_id,
-                                           video_token_id=cfg.model.video_token_id, spatial_merge_size=2,
-                                           image_grid_thw=grid)
         logits = np.asarray(forward(eng.params, x, positions, prep["media"])[0, len(seq) - 1]).copy()
         logits[offset:offset + 4000] = -np.inf
         want = int(np.argmax(logits))
