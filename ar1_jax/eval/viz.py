@@ -85,7 +85,7 @@ def plot_bev(path, trajectories: np.ndarray, history_xy: np.ndarray, future_xy: 
 def _drawable(text: str) -> str:
     """`text` with control characters as '?' (an undertrained model's reasoning can hold any byte; the
     plot font has no glyph for them and matplotlib warns)."""
-    return "".join(c if c.isprintable() or c == " " else ("?" if c not in "\n\t" else " ") for c in text)
+    return "".join(c if c.isprintable() else " " if c in "\n\t" else "?" for c in text)
 
 
 def _lateral_axis(ax) -> None:
