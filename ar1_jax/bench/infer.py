@@ -144,6 +144,7 @@ def run(cfg: Config, batches, out_dir=None, *, int8: bool = False, samples: int 
     del params
     decoder_bytes = weight_bytes(engine.params, "text")
     rows = []
+    result = {}
     for b in batches:
         row = bench_batch(engine, cfg, b, samples, runs, warmup)
         if peak_gbs:
@@ -152,18 +153,20 @@ def run(cfg: Config, batches, out_dir=None, *, int8: bool = False, samples: int 
             row["decode_roofline_fraction"] = floor * 1e3 / row["decode_per_token"]["p50_ms"]
         rows.append(row)
         say(format_row(row))
-    result = dict(bench="infer", config=cfg.name, dtype=cfg.model.dtype, int8=int8,
-                  date=datetime.datetime.now().isoformat(timespec="seconds"),
-                  device=f"{jax.devices()[0].device_kind} x{jax.device_count()}",
-                  host=platform.processor() or platform.machine(), jax=jax.__version__, init_s=round(init_s, 2),
-                  reasoning_tokens=cfg.infer.max_reasoning_tokens, flow_steps=cfg.infer.flow_steps,
-                  decoder_weight_bytes=decoder_bytes, peak_gbs=peak_gbs, load_average=_loadavg(), rows=rows)
-    if out_dir is not None:
-        out = pathlib.Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "infer.json").write_text(json.dumps(result, indent=2))
-        (out / "infer.md").write_text(markdown(result) + "\n")
-        say(f"wrote {out / 'infer.json'} and {out / 'infer.md'}")
+        result = dict(bench="infer", config=cfg.name, dtype=cfg.model.dtype, int8=int8,
+                      date=datetime.datetime.now().isoformat(timespec="seconds"),
+                      device=f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+                      host=platform.processor() or platform.machine(), jax=jax.__version__, init_s=round(init_s, 2),
+                      reasoning_tokens=cfg.infer.max_reasoning_tokens, flow_steps=cfg.infer.flow_steps,
+                      decoder_weight_bytes=decoder_bytes, peak_gbs=peak_gbs, load_average=_loadavg(),
+                      complete=len(rows) == len(batches), rows=rows)
+        if out_dir is not None:  # after every batch size: a run stopped by a time limit keeps its rows
+            out = pathlib.Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "infer.json").write_text(json.dumps(result, indent=2))
+            (out / "infer.md").write_text(markdown(result) + "\n")
+    if out_dir is not None and rows:
+        say(f"wrote {pathlib.Path(out_dir) / 'infer.json'} and {pathlib.Path(out_dir) / 'infer.md'}")
     return result
 
 
@@ -186,18 +189,46 @@ def format_row(r: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The result as a Markdown table (one row per batch size, p50 / p95 in ms)."""
+    """The result as a Markdown table (one row per batch size, p50 / p95 in ms; decode against the weight-
+    bandwidth floor where the peak bandwidth was given)."""
     head = (f"{result['date']}, {result['device']} ({result['host']}), jax {result['jax']}, {result['config']} "
             f"{result['dtype']}{' int8' if result['int8'] else ''}, {result['reasoning_tokens']} reasoning tokens, "
-            f"{result['flow_steps']} flow steps, load average {result['load_average']}:")
+            f"{result['flow_steps']} flow steps, load average {result['load_average']}"
+            f"{'' if result.get('complete', True) else ' (stopped early: the batch sizes after these did not run)'}:")
+    roof = bool(result.get("peak_gbs"))
     lines = [head, "",
-             "| B x K | vision | prefill | decode / token | denoise / step | scene | scenes/s | compile s | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| B x K | vision | prefill | decode / token | " + ("decode floor (fraction) | " if roof else "")
+             + "denoise / step | scene | scenes/s | compile s | peak GiB |",
+             "|---|---|---|---|" + ("---|" if roof else "") + "---|---|---|---|---|"]
     for r in result["rows"]:
         c = lambda k: f"{r[k]['p50_ms']:.1f} / {r[k]['p95_ms']:.1f}"
+        floor = f"{r['decode_roofline_ms']:.2f} ({100 * r['decode_roofline_fraction']:.0f}%) | " if roof else ""
         lines.append(f"| {r['batch']} x {r['samples']} | {c('vision')} | {c('prefill')} | "
-                     f"{r['decode_per_token']['p50_ms']:.2f} / {r['decode_per_token']['p95_ms']:.2f} | "
+                     f"{r['decode_per_token']['p50_ms']:.2f} / {r['decode_per_token']['p95_ms']:.2f} | {floor}"
                      f"{c('denoise_per_step')} | {c('total')} | {r['scenes_per_s']:.2f} | "
                      f"{r['compile_s']['total']:.1f} | {r['peak_memory']['peak_bytes'] / 2**30:.2f} "
                      f"({r['peak_memory']['kind']}) |")
+    return "\n".join(lines)
+
+
+# The paper's latency breakdown of one scene (AR1_FACTS: RTX 6000 Pro Blackwell; 40 reasoning tokens, 5 flow
+# steps), in ms.
+PAPER_MS = dict(vision=3.4, prefill=16.5, decode=70.0, denoise=8.8, total=99.0)
+
+
+def paper_markdown(results: list[dict]) -> str:
+    """One row per config at B = 1 (p50 ms): vision, prefill, the reasoning decode (per token x the
+    paper's 40), denoise (per step x 5) and the whole scene, beside the paper's 99 ms."""
+    lines = ["| one scene (B = 1, p50 ms) | vision | prefill | 40 tokens | 5 flow steps | scene |",
+             "|---|---|---|---|---|---|",
+             "| paper (RTX 6000 Pro Blackwell) | " + " | ".join(f"{PAPER_MS[k]:.1f}" for k in
+                                                           ("vision", "prefill", "decode", "denoise", "total")) + " |"]
+    for res in results:
+        row = next((r for r in res["rows"] if r["batch"] == 1 and r["samples"] == 1), None)
+        if row is None:
+            continue
+        p = lambda k: row[k]["p50_ms"]
+        lines.append(f"| {res['config']} {res['dtype']}{' int8' if res['int8'] else ''} ({res['device']}) | "
+                     f"{p('vision'):.1f} | {p('prefill'):.1f} | {40 * p('decode_per_token'):.1f} | "
+                     f"{5 * p('denoise_per_step'):.1f} | {p('total'):.1f} |")
     return "\n".join(lines)

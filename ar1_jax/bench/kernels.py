@@ -167,7 +167,10 @@ def _implementations(shape: Shape, backend: str, interpret: bool, on_gpu: bool):
         if on_gpu:
             def cudnn(q, pk, pv, ok, ov):
                 k, v = concat(pk, pv, ok, ov)
-                return jax.nn.dot_product_attention(q, k, v, mask=kv_valid[:, None, None, :], implementation="cudnn")
+                # cuDNN takes no broadcast query axis in a mask ("Bias must have same seq length as QKV", H200
+                # 2026-12-04): the full [B, 1, Sq, Sk] mask.
+                mask = jnp.broadcast_to(kv_valid[:, None, None, :], (shape.b, 1, shape.sq, shape.sk))
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
             impls["cudnn"] = cudnn
         return impls
 
@@ -239,6 +242,7 @@ def run(out_dir, shapes=None, dtype: str = "bfloat16", backends=None, warmup: in
         print("kernels bench: no accelerator; running a tiny smoke version with the kernels in "
               "Pallas interpret mode. Times below are NOT meaningful.", flush=True)
 
+    path = out_dir / "kernels.json"
     rows: list[dict] = []
     for shape in shapes:
         args = _inputs(shape, jdtype)
@@ -266,17 +270,24 @@ def run(out_dir, shapes=None, dtype: str = "bfloat16", backends=None, warmup: in
         for row in rows:
             if row["shape"] == shape.name:
                 _print_row(row, label)
+        # Written after every shape (`complete: false` until the last), so a run stopped by a time limit
+        # keeps what it measured.
+        _write(path, rows, complete=shape is shapes[-1], meaningful=meaningful, dtype=dtype,
+               backends=list(backends), warmup=warmup, iters=iters, quick=quick)
+    print(f"wrote {path}")
+    return rows
+
+
+def _write(path: pathlib.Path, rows: list[dict], *, complete: bool, meaningful: bool, **settings) -> None:
     result = dict(
-        bench="kernels", date=datetime.date.today().isoformat(), meaningful=meaningful,
+        bench="kernels", date=datetime.date.today().isoformat(), meaningful=meaningful, complete=complete,
         note=None if meaningful else "CPU smoke run: kernels in Pallas interpret mode; times are "
                                      "NOT meaningful",
         device=f"{jax.devices()[0].device_kind} x{jax.device_count()}",
-        host=platform.processor() or platform.machine(), jax=jax.__version__, dtype=dtype,
-        backends=list(backends), warmup=warmup, iters=iters, quick=quick, rows=rows)
-    path = out_dir / "kernels.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return rows
+        host=platform.processor() or platform.machine(), jax=jax.__version__, **settings, rows=rows)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
 
 
 def _is_kernel(name: str) -> bool:

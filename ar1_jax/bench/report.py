@@ -17,10 +17,13 @@ import pathlib
 import statistics
 
 from ar1_jax.bench.infer import markdown as infer_markdown
+from ar1_jax.bench.infer import paper_markdown
 
 
 def kernels_markdown(k: dict) -> str:
-    lines = [f"Attention kernels ({k['dtype']}, {'meaningful' if k['meaningful'] else 'NOT meaningful: CPU smoke'}):",
+    stopped = "" if k.get("complete", True) else "; stopped early: the shapes after these did not run"
+    lines = [f"Attention kernels ({k['dtype']}, {'meaningful' if k['meaningful'] else 'NOT meaningful: CPU smoke'}"
+             f"{stopped}):",
              "", "| shape | pass | impl | backend | ms | TFLOP/s | GB/s | vs XLA | vs cuDNN |", "|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
     for r in k["rows"]:
@@ -47,8 +50,12 @@ def section(out_dir: pathlib.Path, note: str = "") -> str:
     parts = [f"### {datetime.date.today().isoformat()}: `launch/gpu_bench.sh`{' (' + note + ')' if note else ''}", ""]
     kernels = out_dir / "kernels" / "kernels.json"
     parts.append(kernels_markdown(json.loads(kernels.read_text())) if kernels.exists() else "Kernels: not run.")
-    for p in sorted(out_dir.glob("infer_*/infer.json")):
-        parts += ["", infer_markdown(json.loads(p.read_text()))]
+    infers = [json.loads(p.read_text()) for p in sorted(out_dir.glob("infer_*/infer.json"))]
+    for res in infers:
+        parts += ["", infer_markdown(res)]
+    if any(r["batch"] == 1 for res in infers for r in res["rows"]):
+        parts += ["", "Against the paper's latency (its 40 reasoning tokens and 5 flow steps; ours from the "
+                  "per-token and per-step p50 above):", "", paper_markdown(infers)]
     for p in sorted(out_dir.glob("train*/metrics.jsonl")):
         parts += ["", train_markdown(p, p.parent.name)]
     return "\n".join(parts) + "\n"

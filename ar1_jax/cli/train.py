@@ -48,6 +48,10 @@ def register(subparsers) -> None:
                    "DIR/checkpoints/damaged/ with a warning")
     p.add_argument("--synth-scenes", type=int, default=256, metavar="N",
                    help="scenes to synthesise into DIR/data when data.dataset_dir is empty (default: 256)")
+    p.add_argument("--our-tokens", action="store_true",
+                   help="train a release-layout config (ar1_0p5b, ar1_3b, ar1_7b, ar1_10b_release) on our "
+                   "tokenizer's ids (512 base pieces) at its own vocabulary size, e.g. on synthetic data to "
+                   "measure step time, MFU or memory without the release tokenizer; config.json records the ids")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still logged)")
     p.set_defaults(func=cmd_train)
 
@@ -81,6 +85,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = startup.resolve_config(args.config, stage=args.stage, overrides=args.overrides or (),
                                      init_from=args.init_from)
+        if args.our_tokens:
+            from ar1_jax.text import layout
+
+            cfg = layout.with_our_tokens(cfg)
     except ConfigError as e:
         raise CLIError(str(e)) from None
     if args.stop_after is not None and args.stop_after <= 0:

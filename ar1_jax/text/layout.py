@@ -9,7 +9,9 @@ Configs call these so that ids are never typed by hand.
 
 from __future__ import annotations
 
-from ar1_jax.config import TokenConfig
+import dataclasses
+
+from ar1_jax.config import Config, ConfigError, TokenConfig
 from ar1_jax.text.tokenizer import NUM_TRAJ_TOKENS, RELEASE_SPECIAL_TOKENS, SPECIAL_TOKENS
 
 QWEN_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
@@ -49,3 +51,15 @@ def release(base_vocab: int = QWEN3_BASE_VOCAB, qwen_ids: dict[str, int] | None 
             ids[tok] = next_id
             next_id += 1
     return ids, _token_config(ids, base_vocab), next_id
+
+
+def with_our_tokens(cfg: Config, base_vocab_size: int = 512) -> Config:
+    """`cfg` retargeted to our tokenizer's ids (B base pieces): its TokenConfig and the backbone's vision ids
+    become `ours(B)`'s, and the vocabulary keeps its size (the embedding and LM head keep their shapes;
+    the rows past our ids go unused, as Qwen's padded rows do). For synthetic-data runs of release-layout
+    configs (throughput, MFU, memory) where the release tokenizer is not at hand."""
+    ids, tokens, vocab = ours(base_vocab_size)
+    if vocab > cfg.model.text.vocab_size:
+        raise ConfigError(f"with_our_tokens: our layout needs {vocab} ids, more than {cfg.name!r}'s vocabulary of "
+                          f"{cfg.model.text.vocab_size}")
+    return dataclasses.replace(cfg, tokens=tokens, model=dataclasses.replace(cfg.model, **vision_ids(ids)))

@@ -65,8 +65,10 @@ def default_tokenizer(cfg: Config, workdir: pathlib.Path):
 
     base = cfg.tokens.traj_token_offset - len(tok_lib.SPECIAL_TOKENS)
     tok = corpus.default_tokenizer(base, workdir / "tokenizer")
-    if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size != cfg.model.text.vocab_size:
+    # A larger model vocabulary is fine (unused rows, like Qwen's padding); the ids must be ours.
+    if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size > cfg.model.text.vocab_size:
         raise ConfigError(f"config {cfg.name!r} uses a token layout (vocab {cfg.model.text.vocab_size}, <i0> at "
                           f"{cfg.tokens.traj_token_offset}) that our tokenizer does not produce (vocab "
-                          f"{tok.vocab_size}, <i0> at {tok.traj_token_offset}); train with a matching tokenizer")
+                          f"{tok.vocab_size}, <i0> at {tok.traj_token_offset}); train with a matching tokenizer, "
+                          "or pass --our-tokens to train on our tokenizer's ids at this vocabulary size")
     return tok

@@ -30,3 +30,27 @@ def test_kernels_bench_quick_forward_only(tmp_path):
     assert {r["pass"] for r in rows} == {"fwd"} and all(r["ms"] is not None for r in rows)
     assert {r["backend"] for r in rows if r["impl"].startswith("pallas")} == {"gpu"}
     assert json.loads((tmp_path / "kernels.json").read_text())["quick"] is True
+
+
+def test_kernels_bench_keeps_finished_shapes_when_stopped(tmp_path, monkeypatch):
+    """The JSON is written after every shape, so a run stopped at a time limit keeps what it measured."""
+    first = bench.Shape("decode_tiny", "decode", 1, 1, 64, 4, 2, 64)
+    second = bench.Shape("decode_second", "decode", 1, 1, 32, 4, 2, 64)
+    measure = bench._measure
+
+    def stop_at_second(shape, *args, **kwargs):
+        if shape.name == "decode_second":
+            raise KeyboardInterrupt  # what a time limit's SIGTERM -> exit looks like to the loop
+        return measure(shape, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_measure", stop_at_second)
+    try:
+        bench.run(tmp_path, shapes=[first, second], backends=["gpu"], warmup=1, iters=1)
+    except KeyboardInterrupt:
+        pass
+    data = json.loads((tmp_path / "kernels.json").read_text())
+    assert data["complete"] is False and {r["shape"] for r in data["rows"]} == {"decode_tiny"}
+    assert all(r["ms"] > 0 for r in data["rows"])
+    monkeypatch.setattr(bench, "_measure", measure)
+    bench.run(tmp_path, shapes=[first], backends=["gpu"], warmup=1, iters=1)
+    assert json.loads((tmp_path / "kernels.json").read_text())["complete"] is True
