@@ -141,7 +141,10 @@ def run(cfg: Config, batches, out_dir=None, *, int8: bool = False, samples: int 
         f"{','.join(map(str, batches))}, K={samples}, {cfg.infer.max_reasoning_tokens} reasoning tokens, "
         f"{cfg.infer.flow_steps} flow steps, {runs} runs on {jax.devices()[0].device_kind} x{jax.device_count()}")
     engine = Engine(cfg, params, None, int8=int8, mesh=mesh)
+    error = int8_error(cfg, params, batches[0], mesh=mesh) if int8 else None
     del params
+    if error is not None:
+        say("  " + format_int8_error(error))
     decoder_bytes = weight_bytes(engine.params, "text")
     rows = []
     result = {}
@@ -159,7 +162,7 @@ def run(cfg: Config, batches, out_dir=None, *, int8: bool = False, samples: int 
                       host=platform.processor() or platform.machine(), jax=jax.__version__, init_s=round(init_s, 2),
                       reasoning_tokens=cfg.infer.max_reasoning_tokens, flow_steps=cfg.infer.flow_steps,
                       decoder_weight_bytes=decoder_bytes, peak_gbs=peak_gbs, load_average=_loadavg(),
-                      complete=len(rows) == len(batches), rows=rows)
+                      complete=len(rows) == len(batches), rows=rows, int8_error=error)
         if out_dir is not None:  # after every batch size: a run stopped by a time limit keeps its rows
             out = pathlib.Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,50 @@ def run(cfg: Config, batches, out_dir=None, *, int8: bool = False, samples: int 
     if out_dir is not None and rows:
         say(f"wrote {pathlib.Path(out_dir) / 'infer.json'} and {pathlib.Path(out_dir) / 'infer.md'}")
     return result
+
+
+def int8_error(cfg: Config, params: dict, batch: int, *, mesh=None) -> dict:
+    """Weight-only int8 against the same weights in the config's dtype, on `batch` random scenes, greedy,
+    one sample: the prefill's last-position logits (max |difference| over max |logit|, and whether the
+    arg-max agrees), the greedy reasoning tokens (rows whose whole reasoning is the same), and the
+    trajectories ([B, 64, 2] metres: max and mean point distance, over all rows and over the rows whose
+    reasoning agrees, since a different reasoning conditions a different trajectory)."""
+    import dataclasses
+
+    from ar1_jax.infer.engine import Engine
+
+    greedy = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, temperature=0.0))
+    ref = Engine(greedy, params, None, mesh=mesh)
+    q = Engine(greedy, params, None, int8=True, mesh=mesh)
+    ids, pv, grid, v0 = scene_batch(cfg, batch, seed=1)
+    logits = []
+    for eng in (ref, q):
+        x = eng.prepare(ids, pv, grid)
+        lg, _ = eng.prefill(eng.params, x["input_ids"], x["positions"], x["kv_valid"],
+                            eng.vision(eng.params, x["media"]), x["next_position"])
+        logits.append(np.asarray(lg, np.float32))
+    rf = ref.run(ids, pv, grid, v0=v0, seed=0, num_samples=1, timed=False)
+    rq = q.run(ids, pv, grid, v0=v0, seed=0, num_samples=1, timed=False)
+    same = (rf.reasoning_ids == rq.reasoning_ids).all(-1)[:, 0]
+    dist = np.linalg.norm(rf.trajectory[:, 0] - rq.trajectory[:, 0], axis=-1)  # [B, 64] metres
+    pick = lambda m, f: float(f(dist[m])) if m.any() else None
+    return dict(scenes=batch, logits_max_abs_over_scale=float(np.abs(logits[1] - logits[0]).max()
+                                                              / np.abs(logits[0]).max()),
+                argmax_agree=float((logits[0].argmax(-1) == logits[1].argmax(-1)).mean()),
+                reasoning_agree=float(same.mean()),
+                trajectory_max_m=pick(same | True, np.max), trajectory_mean_m=pick(same | True, np.mean),
+                trajectory_max_m_same_reasoning=pick(same, np.max),
+                trajectory_mean_m_same_reasoning=pick(same, np.mean))
+
+
+def format_int8_error(e: dict) -> str:
+    """One line: "int8 against float on N scene(s): prefill logits max |diff| ..."."""
+    f = lambda v: "-" if v is None else f"{v:.3f}"
+    return (f"int8 against float on {e['scenes']} scene(s): prefill logits max |diff| "
+            f"{100 * e['logits_max_abs_over_scale']:.2f}% of their scale, arg-max agree {100 * e['argmax_agree']:.0f}%, "
+            f"greedy reasoning agree {100 * e['reasoning_agree']:.0f}%; trajectory max / mean "
+            f"{f(e['trajectory_max_m'])} / {f(e['trajectory_mean_m'])} m (same reasoning: "
+            f"{f(e['trajectory_max_m_same_reasoning'])} / {f(e['trajectory_mean_m_same_reasoning'])} m)")
 
 
 def _loadavg():
@@ -208,6 +255,8 @@ def markdown(result: dict) -> str:
                      f"{c('denoise_per_step')} | {c('total')} | {r['scenes_per_s']:.2f} | "
                      f"{r['compile_s']['total']:.1f} | {r['peak_memory']['peak_bytes'] / 2**30:.2f} "
                      f"({r['peak_memory']['kind']}) |")
+    if result.get("int8_error"):
+        lines += ["", "Weight-only " + format_int8_error(result["int8_error"]) + "."]
     return "\n".join(lines)
 
 

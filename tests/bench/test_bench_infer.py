@@ -43,3 +43,16 @@ def test_report_decode_floor_and_paper_table(tmp_path):
     assert "| 0.75 (50%) |" in text and "stopped early" in text
     assert "| paper (RTX 6000 Pro Blackwell) | 3.4 | 16.5 | 70.0 | 8.8 | 99.0 |" in text
     assert "| ar1_0p5b bfloat16 (NVIDIA H200 x1) | 2.0 | 10.0 | 60.0 | 3.5 | 77.0 |" in text
+
+
+def test_bench_infer_int8_reports_its_error_against_float(tmp_path):
+    out = tmp_path / "infer_int8"
+    assert main(["bench", "infer", "--config", "ar1_tiny", "--batch", "2", "--runs", "1", "--int8",
+                 "--set", "infer.max_reasoning_tokens=4", "--out", str(out)]) == 0
+    r = json.loads((out / "infer.json").read_text())
+    e = r["int8"] and r["int8_error"]
+    assert e["scenes"] == 2 and 0 < e["logits_max_abs_over_scale"] < 0.05 and 0 <= e["argmax_agree"] <= 1
+    assert 0 <= e["trajectory_mean_m"] <= e["trajectory_max_m"] < 5.0  # metres over 6.4 s, a random tiny model
+    if e["reasoning_agree"] == 1.0:
+        assert e["trajectory_max_m_same_reasoning"] == e["trajectory_max_m"]
+    assert "Weight-only int8 against float on 2 scene(s): prefill logits max |diff|" in (out / "infer.md").read_text()
