@@ -30,6 +30,7 @@ Each stage is timed separately with `block_until_ready` (`run(..., timed=False)`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -79,6 +80,16 @@ class InferenceResult:
         else:
             raise ValueError(f"choose: mode must be consistent, likely or first, got {mode!r}")
         return np.asarray(chosen, np.int32), consistent
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _row_keys(seeds, num_samples: int):
+    """(decode keys, noise keys), typed `[B * K]`, row b * K + j: sample j of the scene with seeds[b]."""
+    def rows(scene_key):
+        return jax.vmap(lambda j: jax.random.fold_in(scene_key, j))(jnp.arange(num_samples))
+
+    pair = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)  # [B, 2]
+    return jax.vmap(rows)(pair[:, 0]).reshape(-1), jax.vmap(rows)(pair[:, 1]).reshape(-1)
 
 
 class Engine:
@@ -162,9 +173,11 @@ class Engine:
     def _denoise_impl(self, params, cache, fs_slot, fs_pos, key):
         cfg = self.cfg
         velocity = prefix_velocity(params, cfg, cache.k, cache.v, cache.valid, fs_slot, fs_pos + 1)
-        # Row i's noise depends only on (key, i): a scene's first rows draw the same noise in any batch.
+        # Per-row keys (what `run` passes): a row's noise is its own key's. One key: row i's noise depends
+        # only on (key, i).
         shape = (cfg.action.horizon, 2)
-        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(jax.random.split(key, fs_slot.shape[0]))
+        keys = key if sampling.per_row_keys(key) else jax.random.split(key, fs_slot.shape[0])
+        noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
         return flow.euler_sample(velocity, noise.shape, None, cfg.infer.flow_steps, jnp.float32, noise=noise)
 
     def _trajectory_impl(self, controls_norm, v0):
@@ -218,13 +231,19 @@ class Engine:
     def run(self, prompt_ids, pixel_values, image_grid_thw, *, v0, seed: int = 0, num_samples: int | None = None,
             attention_mask=None, timed: bool = True) -> InferenceResult:
         """Runs one bucket of B scenes (prompts `[B, T]` or `[T]`) with K samples each; v0 `[B]` m/s.
+        `seed`: one int (scene b draws with seed + b) or one per scene `[B]`. Every draw of scene b's
+        samples comes from its own seed alone, so a scene gives the same samples alone as in any batch
+        (and on any mesh), sample for sample.
         `timed`: wait for each stage (per-stage timing); False: one wait at the end (throughput)."""
         if self.params is None:
             raise ValueError("Engine.run needs params: pass them to Engine(...) (or call the stages directly)")
         k = num_samples or self.cfg.infer.num_samples
         x = self.place_inputs(self.prepare(prompt_ids, pixel_values, image_grid_thw, attention_mask))
         b = x["input_ids"].shape[0]
-        key_decode, key_noise = jax.random.split(jax.random.key(seed))
+        seeds = np.asarray(seed, np.int64) if np.ndim(seed) else int(seed) + np.arange(b)
+        if seeds.shape != (b,):
+            raise ValueError(f"Engine.run: seed must be one int or one per scene ({b}), got shape {seeds.shape}")
+        key_decode, key_noise = _row_keys(jnp.asarray(seeds, jnp.uint32), k)
         timing = {}
 
         def timed_call(name, fn, *args, **kwargs):

@@ -60,7 +60,14 @@ def sample(logits, key, *, temperature: float, top_p: float):
         mass_before = jax.lax.associative_scan(jnp.add, probs, axis=-1) - probs
         sorted_logits = jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
         logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+    if per_row_keys(key):  # row i draws with key[i] alone: its draw does not depend on the other rows
+        return jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, logits).astype(jnp.int32)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def per_row_keys(key) -> bool:
+    """Whether `key` is a vector of typed PRNG keys `[N]`, one per row (else one key for all rows)."""
+    return key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
 
 
 class Decoded(NamedTuple):
@@ -97,7 +104,8 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
       step: the model's decode step (see `Step`).
       cache: a cache with room for `max_tokens` more slots.
       logits: [N, V] the logits of the first token to draw (the prefill's last position).
-      key: PRNG key for the draws (one split per drawn token); None is allowed with temperature 0.
+      key: PRNG key for the draws (one split per drawn token), or typed keys `[N]`, one per row, so
+        that a row's draws do not depend on the batch it is in; None is allowed with temperature 0.
       max_tokens: the budget R (static).
       temperature, top_p: see `sample` (temperature 0 = greedy).
       ban: an id range [start, stop) never drawn (AR1: the trajectory tokens while reasoning).
@@ -123,7 +131,12 @@ def decode(step: Step, cache: KVCache, logits, key, *, max_tokens: int, temperat
         return tok, drawn_logp(logits, tok, temperature)
 
     def split(key):
-        return (None, None) if key is None else jax.random.split(key)
+        if key is None:
+            return None, None
+        if per_row_keys(key):
+            pair = jax.vmap(jax.random.split)(key)  # [N, 2]
+            return pair[:, 0], pair[:, 1]
+        return jax.random.split(key)
 
     key, sub = split(key)
     first, first_logp = draw(logits, sub)
