@@ -49,7 +49,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     try:
         run_scene(cfg, args.scene, args.out, checkpoint=checkpoint, tokenizer=args.tokenizer, samples=args.samples,
-                  seed=args.seed, repeat=args.repeat, select=args.select)
+                  seed=args.seed, repeat=args.repeat, select=args.select, overrides=args.overrides or ())
     except InferInputError as e:
         raise CLIError(str(e)) from None
     return EXIT_OK

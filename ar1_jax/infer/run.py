@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Callable
+from typing import Callable, Sequence
 
 from ar1_jax.config import Config
 from ar1_jax.infer import scene as scene_lib
@@ -122,13 +122,15 @@ def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir:
 def run_scene(cfg: Config, scene: scene_lib.Scene | str | pathlib.Path, out: str | pathlib.Path, *,
               checkpoint: str | pathlib.Path | None = None, tokenizer: str | pathlib.Path | None = None,
               samples: int | None = None, seed: int = 0, repeat: int = 1, select: str = "consistent",
-              say: Callable[[str], None] = _say) -> dict:
+              overrides: Sequence[str] = (), say: Callable[[str], None] = _say) -> dict:
     """Runs AR1 on `scene` (a Scene, a scene .npz path, or "random") and writes `out`/trajectory.json
     and `out`/bev.png.
 
     `checkpoint`: a release-layout checkpoint directory (else random weights); `tokenizer`: a tokenizer
     directory (default: the checkpoint's, else ours cached in `out`/tokenizer); `samples`: trajectory
-    samples (default: the config's); `repeat`: runs, the last one's timing is kept (the first compiles);
+    samples (default: the config's); `overrides`: `--set` strings applied on top of a checkpoint's own
+    config (without a checkpoint they are already in `cfg`); `repeat`: runs, the last one's timing is
+    kept (the first compiles);
     `select`: which sample to drive (`InferenceResult.choose`: consistent, likely or first).
     Returns {config, scene, seed, v0, timing, select, chosen, samples: [{text, trajectory_xy, controls,
     forced, consistent, reasoning_logp}]}.
@@ -143,8 +145,23 @@ def run_scene(cfg: Config, scene: scene_lib.Scene | str | pathlib.Path, out: str
         scene = _guard(scene_lib.load_scene, scene)  # a bad file fails before the model is built
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say(f"[1/4] model: {cfg.name}")
+    say(f"[1/4] model: {cfg.name}" if not checkpoint else f"[1/4] model: {checkpoint}")
     cfg, params = load_weights(cfg, checkpoint)
+    if checkpoint:
+        if overrides:  # the checkpoint's settings, then the command line's --set on top
+            from ar1_jax.config import ConfigError, apply_overrides
+
+            try:
+                cfg = apply_overrides(cfg, overrides).validate()
+            except (ConfigError, ValueError) as e:
+                raise InferInputError(f"--set on {checkpoint}'s config: {e}") from None
+        import jax
+
+        dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(params)})
+        say(f"      config {cfg.name}, {sum(int(x.size) for x in jax.tree.leaves(params)):,} parameters in "
+            f"{'/'.join(dtypes)}; {cfg.infer.max_reasoning_tokens} reasoning tokens, {cfg.infer.flow_steps} flow "
+            f"steps, {cfg.scene.num_cameras} x {cfg.scene.num_frames} frames of {cfg.scene.image_height}x"
+            f"{cfg.scene.image_width}")
     tok = load_tokenizer(cfg, tokenizer or run_tokenizer_dir(checkpoint), out / "tokenizer")
     say("[2/4] scene")
     if random:  # from the checkpoint's config, which may differ from `cfg`

@@ -20,10 +20,15 @@ from ar1_jax.model.vlm import build_model
 E, HEADS, KV, D, MLP, HIN = 32, 2, 2, 16, 64, 32  # tiny expert; backbone is configs/tiny_qwen3
 
 
-def _release_checkpoint(tmp_path, with_buffers: bool):
+def _release_checkpoint(tmp_path, with_buffers: bool, *, vocab_size: int = 512 + 4000 + 28, traj_start: int = 512,
+                        eos_id: int = 1, pad_id: int = 0, vision_ids: dict | None = None):
+    """(directory, tensors) of a random release-layout checkpoint on the tiny_qwen3 backbone. Defaults: 512
+    text ids, then <i0>..<i3999>, then 28 specials; a tokenizer's layout can be given instead (its vocabulary,
+    where <i0> starts, its end-of-turn / pad ids and `vision_ids`: image_token_id and the like)."""
     rng = np.random.default_rng()
-    base = get_config("tiny_qwen3").model  # 512 text ids, then <i0>..<i3999>, then 28 specials
-    backbone = dataclasses.replace(base, text=dataclasses.replace(base.text, vocab_size=512 + 4000 + 28))
+    base = get_config("tiny_qwen3").model
+    backbone = dataclasses.replace(base, text=dataclasses.replace(base.text, vocab_size=vocab_size),
+                                   **(vision_ids or {}))
     vlm = build_model(backbone, seed=int(rng.integers(1000)))
     vlm_dir = hf.export(vlm, tmp_path / "vlm")
     tensors = {}
@@ -62,8 +67,8 @@ def _release_checkpoint(tmp_path, with_buffers: bool):
     write_checkpoint(out, tensors, max_shard_bytes=300_000)  # sharded, as the release is
     vlm_config = json.loads((vlm_dir / "config.json").read_text())
     config = {"model_type": "alpamayo_r1", "architectures": ["AlpamayoR1"], "vlm_config": vlm_config,
-              "vocab_size": backbone.text.vocab_size, "traj_vocab_size": 4000, "traj_token_start_idx": 512,
-              "eos_token_id": 1, "pad_token_id": 0,
+              "vocab_size": backbone.text.vocab_size, "traj_vocab_size": 4000, "traj_token_start_idx": traj_start,
+              "eos_token_id": eos_id, "pad_token_id": pad_id,
               "tokens_per_history_traj": 48, "tokens_per_future_traj": 128,
               "expert_cfg": {"hidden_size": E, "num_attention_heads": HEADS, "intermediate_size": MLP, "head_dim": D},
               "action_in_proj_cfg": {"hidden_size": HIN, "num_enc_layers": 4, "num_fourier_feats": 20,
