@@ -1,4 +1,4 @@
-"""Our Qwen2.5-VL against transformers on the same safetensors, side by side in one process.
+"""Our Qwen2.5-VL against transformers on the same safetensors, side by side in one run.
 
     result = run(get_config("vlm_0p5b").model, out_dir, images=4, grid=16, text_tokens=50, new_tokens=40)
 
@@ -16,7 +16,8 @@ times on the same prompt (`images` images of `grid x grid` patches and about `te
     (read + write bytes of a 512 MiB copy per second, the best of numpy and XLA).
 
 Times are medians over `runs` after one warm-up (compiles ours). Needs the `parity` extra (torch +
-transformers). Both sides use every core the process may use (torch's intra-op threads; XLA's).
+transformers). Both sides use every core (torch's intra-op threads; XLA's), one after the other:
+transformers in a child process (built, saved and timed there), then ours in this one.
 """
 
 from __future__ import annotations
@@ -202,22 +203,36 @@ def time_ours(runner, inputs: dict, new_tokens: int, runs: int) -> dict:
                 tokens=np.asarray(tokens)[0].tolist())
 
 
+def _hf_child(cfg: VLMConfig, directory: str, inputs: dict, new_tokens: int, runs: int, seed: int) -> dict:
+    """In a child process: builds the transformers model, saves it to `directory`, times it (`time_hf`)."""
+    import torch
+
+    model = hf_model(cfg, seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    return dict(time_hf(model, inputs, new_tokens, runs), torch=torch.__version__)
+
+
 def run(cfg: VLMConfig, out_dir=None, *, images: int = 4, grid: int = 16, text_tokens: int = 50,
         new_tokens: int = 40, runs: int = 3, seed: int = 0, name: str = "custom", say=print) -> dict:
     """Builds, saves, loads and times both sides (module docstring); writes `vs_hf.json` to `out_dir`."""
-    import torch
+    import multiprocessing
 
     from ar1_jax.convert import hf
 
     say(f"vs transformers: {name} ({cfg.family}, {cfg.text.num_layers} layers, width {cfg.text.hidden_size}), "
         f"{images} images of {grid}x{grid} patches, {new_tokens} greedy tokens, f32, {runs} runs")
-    model = hf_model(cfg, seed)
     inputs = make_inputs(cfg, images=images, grid=grid, text_tokens=text_tokens, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        say(f"  prompt {inputs['input_ids'].shape[1]} tokens; building, saving and timing transformers in a "
+            "child process ...")
+        # transformers runs in its own process: torch's idle OpenMP threads spin-wait on the cores and, in
+        # one process, slowed our XLA threads by up to 2x (OMP_WAIT_POLICY=ACTIVE: our tiny prefill 6.8-8.2
+        # ms; PASSIVE: 4.9-6.3 ms, but theirs 2.7x slower). Each side now has the cores to itself.
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            theirs = pool.apply(_hf_child, (cfg, tmp, inputs, new_tokens, runs, seed))
         ours = hf.load(tmp, dtype=jnp.float32)
-    say(f"  prompt {inputs['input_ids'].shape[1]} tokens; timing transformers (torch {torch.__version__}) ...")
-    theirs = time_hf(model, inputs, new_tokens, runs)
+    torch_version = theirs.pop("torch")
     say("  timing ours (the first run compiles) ...")
     mine = time_ours(ours, inputs, new_tokens, runs)
     bw = copy_bandwidth()
@@ -226,7 +241,7 @@ def run(cfg: VLMConfig, out_dir=None, *, images: int = 4, grid: int = 16, text_t
     agree = int(np.cumprod(np.asarray(mine["tokens"]) == np.asarray(theirs["tokens"])).sum())
     result = dict(
         bench="vs_hf", config=name, family=cfg.family, date=datetime.date.today().isoformat(),
-        host=platform.processor() or platform.machine(), jax=jax.__version__, torch=torch.__version__,
+        host=platform.processor() or platform.machine(), jax=jax.__version__, torch=torch_version,
         prompt_tokens=int(inputs["input_ids"].shape[1]), images=images, grid=grid, new_tokens=new_tokens, runs=runs,
         ours=mine, transformers=theirs, greedy_tokens_agreeing=agree,
         prefill_speedup=theirs["prefill_s"] / mine["prefill_s"],
