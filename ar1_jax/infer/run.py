@@ -94,6 +94,7 @@ def run_tokenizer_dir(checkpoint: str | pathlib.Path | None) -> pathlib.Path | N
 def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir: str | pathlib.Path):
     """The tokenizer in `directory` (HF tokenizer.json or a sentencepiece .model), else ours, trained
     on the CoC corpus and cached in `cache_dir`; its layout must match `cfg`'s."""
+    from ar1_jax.text import layout
     from ar1_jax.text import tokenizer as tok_lib
 
     has_files = bool(directory) and ((pathlib.Path(directory) / "tokenizer.json").exists()
@@ -107,7 +108,7 @@ def load_tokenizer(cfg: Config, directory: str | pathlib.Path | None, cache_dir:
 
         base = cfg.tokens.traj_token_offset - len(tok_lib.SPECIAL_TOKENS)
         tok = corpus.default_tokenizer(base, pathlib.Path(cache_dir))
-    if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size != cfg.model.text.vocab_size:
+    if not layout.tokenizer_fits(tok, cfg):
         where = (f"{directory} has no tokenizer files (tokenizer.json or a sentencepiece *.model), so ours was "
                  "used; pass --tokenizer DIR with the tokenizer this model was trained with (for the release: "
                  "the checkpoint's Qwen3-VL tokenizer with the trajectory and special tokens added). "

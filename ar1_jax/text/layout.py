@@ -63,3 +63,9 @@ def with_our_tokens(cfg: Config, base_vocab_size: int = 512) -> Config:
         raise ConfigError(f"with_our_tokens: our layout needs {vocab} ids, more than {cfg.name!r}'s vocabulary of "
                           f"{cfg.model.text.vocab_size}")
     return dataclasses.replace(cfg, tokens=tokens, model=dataclasses.replace(cfg.model, **vision_ids(ids)))
+
+
+def tokenizer_fits(tok, cfg: Config) -> bool:
+    """Whether `tok`'s ids are `cfg`'s: the same `<i0>` offset and no id past the model's vocabulary (a
+    larger vocabulary is fine: its extra rows go unused, like Qwen's padding and `with_our_tokens`)."""
+    return tok.traj_token_offset == cfg.tokens.traj_token_offset and tok.vocab_size <= cfg.model.text.vocab_size

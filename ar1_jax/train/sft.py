@@ -61,12 +61,12 @@ def run(cfg: Config, workdir: str | pathlib.Path, *, tokenizer=None, mesh=None, 
 def default_tokenizer(cfg: Config, workdir: pathlib.Path):
     """The tokenizer whose layout `cfg` uses: ours (trained on the CoC corpus, cached in the workdir)."""
     from ar1_jax.text import corpus
+    from ar1_jax.text import layout
     from ar1_jax.text import tokenizer as tok_lib
 
     base = cfg.tokens.traj_token_offset - len(tok_lib.SPECIAL_TOKENS)
     tok = corpus.default_tokenizer(base, workdir / "tokenizer")
-    # A larger model vocabulary is fine (unused rows, like Qwen's padding); the ids must be ours.
-    if tok.traj_token_offset != cfg.tokens.traj_token_offset or tok.vocab_size > cfg.model.text.vocab_size:
+    if not layout.tokenizer_fits(tok, cfg):
         raise ConfigError(f"config {cfg.name!r} uses a token layout (vocab {cfg.model.text.vocab_size}, <i0> at "
                           f"{cfg.tokens.traj_token_offset}) that our tokenizer does not produce (vocab "
                           f"{tok.vocab_size}, <i0> at {tok.traj_token_offset}); train with a matching tokenizer, "

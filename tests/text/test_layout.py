@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from ar1_jax.config import ConfigError, get_config
+from ar1_jax.infer import run as infer_run
 from ar1_jax.text import layout
 from ar1_jax.text import tokenizer as tok_lib
 from ar1_jax.train import sft
@@ -25,6 +26,10 @@ def test_with_our_tokens_keeps_the_vocabulary_and_takes_our_ids(tmp_path):
     assert tok.vocab_size < ours.model.text.vocab_size
     with pytest.raises(ConfigError, match="--our-tokens"):
         sft.default_tokenizer(paper, tmp_path)
+    # `ar1 infer` on such a run applies the same rule (it once demanded equal vocabularies).
+    assert infer_run.load_tokenizer(ours, None, tmp_path).vocab_size == tok.vocab_size
+    with pytest.raises(infer_run.InferInputError, match="does not match"):
+        infer_run.load_tokenizer(paper, None, tmp_path)
 
 
 def test_with_our_tokens_refuses_a_vocabulary_too_small():
