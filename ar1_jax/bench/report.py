@@ -17,7 +17,7 @@ import pathlib
 import statistics
 
 from ar1_jax.bench.infer import markdown as infer_markdown
-from ar1_jax.bench.infer import paper_markdown
+from ar1_jax.bench.infer import paper_markdown, paper_row
 
 
 def kernels_markdown(k: dict) -> str:
@@ -53,7 +53,7 @@ def section(out_dir: pathlib.Path, note: str = "") -> str:
     infers = [json.loads(p.read_text()) for p in sorted(out_dir.glob("infer_*/infer.json"))]
     for res in infers:
         parts += ["", infer_markdown(res)]
-    if any(r["batch"] == 1 for res in infers for r in res["rows"]):
+    if any(paper_row(res) is not None for res in infers):
         parts += ["", "Against the paper's latency (its 40 reasoning tokens and 5 flow steps; ours from the "
                   "per-token and per-step p50 above):", "", paper_markdown(infers)]
     for p in sorted(out_dir.glob("train*/metrics.jsonl")):
