@@ -32,7 +32,7 @@ from ar1_jax.eval import metrics, policies, sim
 from ar1_jax.eval.kinematics import trajectory_headings
 from ar1_jax.eval.scorers import score_tracks, scoring_arrays
 from ar1_jax.world.arrays import ego0_to_world
-from ar1_jax.world.scene import Scene
+from ar1_jax.world.scene import MAX_AGENTS, MAX_RECTS, MAX_SEGMENTS, Scene
 
 __all__ = ["EvalScene", "Model", "synthetic_scenes", "dataset_scenes", "open_loop", "closed_loop", "summarize",
            "OPEN_LOOP_KEYS", "CLOSED_LOOP_KEYS"]
@@ -47,7 +47,6 @@ CLOSED_LOOP_KEYS = ("cl/score", "cl/pdm_score", "cl/at_fault_rate", "cl/collisio
                     "cl/consistency_rate")
 #: Per-scene outputs of `open_loop` that are not averaged.
 NOT_SUMMARIZED = ("texts", "trajectories", "chosen")
-_MAX_AGENTS, _MAX_RECTS, _MAX_SEGMENTS = 16, 16, 64
 
 
 @dataclasses.dataclass
@@ -194,8 +193,8 @@ def _world_scores(scenes: Sequence[EvalScene], driven: np.ndarray, dt: float) ->
     out = {k: np.full(n, np.nan) for k in ("collision", "at_fault", "offroad", "close_encounter", "pdm_score")}
     if not have:
         return out
-    arrays = jax.tree.map(lambda *x: np.stack(x), *[scoring_arrays(scenes[i].world, _MAX_AGENTS, _MAX_RECTS,
-                                                                   _MAX_SEGMENTS) for i in have])
+    arrays = jax.tree.map(lambda *x: np.stack(x), *[scoring_arrays(scenes[i].world, MAX_AGENTS, MAX_RECTS,
+                                                                   MAX_SEGMENTS) for i in have])
     v0 = np.asarray([scenes[i].v0 for i in have], np.float32)
     got = _track_scores(jnp.asarray(driven[have], jnp.float32), arrays, v0, dt)
     for k in out:

@@ -32,7 +32,7 @@ from ar1_jax.eval.policies import Observation, Policy, to_frame
 from ar1_jax.eval.scorers import ScoringArrays, score_tracks, scoring_arrays
 from ar1_jax.world.arrays import agent_hits, offroad_steps
 from ar1_jax.world.dynamics import AgentState, agent_poses_at, agent_tracks, agents_step, ego_step, initial_agent_state
-from ar1_jax.world.scene import Scene
+from ar1_jax.world.scene import MAX_AGENTS, MAX_RECTS, MAX_SEGMENTS, Scene
 
 __all__ = ["AGENT_MODES", "SimConfig", "SimResult", "simulate", "save_tracks", "summary_keys"]
 
@@ -44,15 +44,16 @@ class SimConfig:
     """seconds: episode length after t0 (at most the scene's horizon plus `synth.extra_seconds`);
     replan_s: seconds between replans (a multiple of the action dt); agents: "log" (replay) or
     "reactive" (`world.dynamics`); plan_steps: the controls a policy returns per replan; max_agents,
-    max_rects, max_segments: padded sizes of the scenes' arrays (a scene with more fails loudly)."""
+    max_rects, max_segments: padded sizes of the scenes' arrays (a scene with more fails loudly; the
+    defaults fit every generated scene, `world.scene.MAX_AGENTS`)."""
 
     seconds: float = 6.4
     replan_s: float = 0.5
     agents: str = "log"
     plan_steps: int = 64
-    max_agents: int = 16
-    max_rects: int = 16
-    max_segments: int = 64
+    max_agents: int = MAX_AGENTS
+    max_rects: int = MAX_RECTS
+    max_segments: int = MAX_SEGMENTS
 
     def steps(self, dt: float) -> tuple[int, int]:
         """(episode steps N, steps per replan R) at `dt`; ValueError on settings that do not fit."""

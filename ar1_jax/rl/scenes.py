@@ -15,9 +15,7 @@ import numpy as np
 from ar1_jax.config import Config
 from ar1_jax.rl.rollout import Prompts
 from ar1_jax.world.arrays import SceneArrays, scene_arrays, stack_scene_arrays
-
-MAX_AGENTS = 16
-MAX_RECTS = 16
+from ar1_jax.world.scene import MAX_AGENTS, MAX_RECTS
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from ar1_jax.config import ActionConfig, SynthConfig
 from ar1_jax.text import coc
 from ar1_jax.world.geometry import boxes_overlap_np
 from ar1_jax.world.planner import Expert, Plan, PlannerParams
-from ar1_jax.world.scene import Agent, Path, RoadMap, TrafficLight
+from ar1_jax.world.scene import MAX_AGENTS, Agent, Path, RoadMap, TrafficLight
 
 __all__ = ["STREAM_ROAD", "STREAM_EVENT", "STREAM_AMBIENT", "STREAM_TEXT", "rng", "PALETTE", "CLASS_COLOR", "SIZES",
            "agent_poses", "integrate_speed", "brake_profile", "Road", "Intersection", "build_map", "SceneBuilder",
@@ -376,7 +376,8 @@ def _hides_cue(b: SceneBuilder, poses: np.ndarray, size) -> bool:
 def add_ambient(b: SceneBuilder):
     """Ambient traffic that never enters the ego lane: vehicles in the other same-direction lanes
     (stopping for a red light), oncoming vehicles, sidewalk pedestrians, parked cars and a cyclist on a
-    wide shoulder. Candidates that come near an event agent or an earlier ambient agent are dropped."""
+    wide shoulder. Candidates that come near an event agent or an earlier ambient agent are dropped, and
+    the rest once the scene holds `MAX_AGENTS` agents."""
     r, rd, ts, it = b.ra, b.road, b.ts, b.inter
     cands: list[tuple] = []  # (kind, poses, size, lamps)
     stop_x = it.stop_x - 1.0 if it is not None else None
@@ -428,6 +429,8 @@ def add_ambient(b: SceneBuilder):
         if rd.sh_r >= 1.3 and cyc[0] < 0.3:
             cands.append(("cyclist", agent_poses(cyc[1] + cyc[2] * ts, rd.y_right + 0.6, ts), SIZES["cyclist"], ""))
     for kind, poses, size, lamps in cands:
+        if len(b.agents) >= MAX_AGENTS:
+            break
         if kind == "pedestrian" and b.road_map.on_road(poses[:, :2]).any():
             continue
         near_box = (poses[:, 0] > it.x_i - 8) & (poses[:, 0] < it.x_i + it.width + 8) if it is not None else None

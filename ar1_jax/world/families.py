@@ -19,7 +19,7 @@ from ar1_jax.text import coc
 from ar1_jax.world.builder import (STREAM_TEXT, SceneBuilder, add_ambient, agent_poses, build_map, integrate_speed,
                                    rng)
 from ar1_jax.world.planner import Expert, Plan
-from ar1_jax.world.scene import EGO_FRONT, EGO_REAR, EGO_WIDTH, Agent, Path, Scene, as_config, smoothstep
+from ar1_jax.world.scene import EGO_FRONT, EGO_REAR, EGO_WIDTH, MAX_AGENTS, Agent, Path, Scene, as_config, smoothstep
 
 __all__ = ["FamilySpec", "FAMILY_SPECS", "FAMILIES", "PIXEL_PAIRS", "family_frequencies", "family_of", "generate"]
 
@@ -368,6 +368,9 @@ def generate(seed: int, cfg=None, *, family: str | None = None) -> Scene:
                                                [x_c + 1.75, rd.y_left], [x_c - 1.75, rd.y_left]]))
     dist, _ = b.history_run()
     add_ambient(b)
+    if len(b.agents) > MAX_AGENTS:  # the event agents alone: a family that places too many is a bug
+        raise RuntimeError(f"generate: scene {seed} ({family}) has {len(b.agents)} event agents, more than "
+                           f"MAX_AGENTS={MAX_AGENTS}")
     path = Path(0.0, 0.0, 0.0, b.path_pieces or [(400.0, 0.0)])  # arclength = world x before any turn
     lights = []
     for lt in b.lights:

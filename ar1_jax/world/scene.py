@@ -21,11 +21,15 @@ from ar1_jax.world.geometry import inside_rects_np
 if TYPE_CHECKING:
     from ar1_jax.world.planner import Expert, Plan, PlannerParams
 
-__all__ = ["EGO_FRONT", "EGO_REAR", "EGO_WIDTH", "CLASSES", "as_config", "Path", "smoothstep", "lateral_offset",
+__all__ = ["EGO_FRONT", "EGO_REAR", "EGO_WIDTH", "MAX_AGENTS", "MAX_RECTS", "MAX_SEGMENTS", "CLASSES", "as_config", "Path", "smoothstep", "lateral_offset",
            "RoadMap", "Agent", "TrafficLight", "Scene", "ego_footprint", "wrap_angle"]
 
 # Ego geometry (m): the pose is the rear axle; the body spans [-EGO_REAR, EGO_FRONT] x [-W/2, W/2].
 EGO_FRONT, EGO_REAR, EGO_WIDTH = 3.8, 1.0, 1.95
+#: What every generated scene fits in, and so the padded sizes of the arrays that RL rewards, evaluation and
+#: the simulator pack a scene into: agents (ambient traffic stops at this count), drivable rectangles and
+#: lane-centreline segments (the road layouts have far fewer of those).
+MAX_AGENTS, MAX_RECTS, MAX_SEGMENTS = 16, 16, 64
 #: Agent kinds.
 CLASSES = ("vehicle", "pedestrian", "cyclist", "cone", "stalled_vehicle", "emergency_vehicle")
 

@@ -144,3 +144,22 @@ def test_pixel_decided_pairs_share_history_and_differ_in_decisions(pair):
         assert a.v0 == b.v0
         ta, tb = a.trace, b.trace
         assert (ta.longitudinal, ta.lateral) != (tb.longitudinal, tb.lateral)  # ... yet the decisions differ
+
+
+def test_a_dense_scene_is_capped_at_max_agents_and_keeps_its_event_agents(monkeypatch):
+    from ar1_jax.world import builder
+    from ar1_jax.world.arrays import scene_arrays
+    from ar1_jax.world.scene import MAX_AGENTS, MAX_RECTS
+    scene = F.generate(306_563, CFG)  # eight cones plus ten ambient candidates that pass every other check
+    assert scene.family == "construction_nudge" and len(scene.agents) == MAX_AGENTS == 16
+    assert [a.role for a in scene.agents[:8]] == ["cone"] * 8 and {a.role for a in scene.agents[8:]} == {"ambient"}
+    assert scene_arrays(scene, MAX_AGENTS, MAX_RECTS).agent_valid.all()  # what RL, eval and the simulator pack
+    monkeypatch.setattr(builder, "MAX_AGENTS", 11)
+    monkeypatch.setattr(F, "MAX_AGENTS", 11)
+    small = F.generate(306_563, CFG)
+    assert [a.id for a in small.agents] == list(range(11))
+    np.testing.assert_array_equal(small.agents[10].poses, scene.agents[10].poses)  # the first ambient ones stay
+    monkeypatch.setattr(builder, "MAX_AGENTS", 5)
+    monkeypatch.setattr(F, "MAX_AGENTS", 5)
+    with pytest.raises(RuntimeError, match="8 event agents, more than MAX_AGENTS=5"):
+        F.generate(306_563, CFG)
